@@ -1,0 +1,229 @@
+"""Serializers that describe the wire shapes in the OpenAPI document.
+
+Validation itself lives in the domain modules (``stigmem.fact_input`` and friends) so that the
+API, batch ingestion and federation apply the same rules; these classes only document.
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+from rest_framework import serializers
+
+SCOPE_CHOICES = ["local", "team", "company", "public"]
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "stigmem.auth.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer"}
+
+
+class ValueSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["string", "text", "number", "boolean", "datetime", "ref", "null"])
+    v = serializers.JSONField(required=False, allow_null=True)
+    interpret_as = serializers.ChoiceField(choices=["content", "instruction"], required=False)
+
+
+class DerivedFromSerializer(serializers.Serializer):
+    fact_id = serializers.CharField(required=False)
+    hash = serializers.CharField(required=False)
+
+
+class AssertSerializer(serializers.Serializer):
+    entity = serializers.CharField()
+    relation = serializers.CharField()
+    value = ValueSerializer()
+    source = serializers.CharField()
+    confidence = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    scope = serializers.ChoiceField(choices=SCOPE_CHOICES, required=False)
+    valid_until = serializers.DateTimeField(required=False, allow_null=True)
+    garden_id = serializers.CharField(required=False, allow_null=True)
+    derived_from = DerivedFromSerializer(many=True, required=False)
+
+
+class FactRecordSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    entity = serializers.CharField()
+    relation = serializers.CharField()
+    value = ValueSerializer()
+    source = serializers.CharField()
+    timestamp = serializers.DateTimeField()
+    hlc = serializers.CharField()
+    received_from = serializers.CharField(allow_null=True)
+    valid_until = serializers.CharField(allow_null=True)
+    confidence = serializers.FloatField()
+    scope = serializers.CharField()
+    origin_node_id = serializers.CharField(allow_null=True)
+    origin_allowed_scopes = serializers.ListField(child=serializers.CharField(), allow_null=True)
+    garden_id = serializers.CharField(allow_null=True)
+    attested = serializers.BooleanField(allow_null=True)
+    attested_key_id = serializers.CharField(allow_null=True)
+    contradicted = serializers.BooleanField()
+    warnings = serializers.ListField(child=serializers.CharField())
+    source_trust = serializers.FloatField(allow_null=True)
+    effective_confidence = serializers.FloatField(allow_null=True)
+    quarantine_status = serializers.CharField(allow_null=True)
+    quarantine_garden_id = serializers.CharField(allow_null=True)
+    sanitizer_warnings = serializers.ListField(child=serializers.CharField())
+    sanitizer_redacted = serializers.BooleanField()
+    cid = serializers.CharField()
+    derived_from = DerivedFromSerializer(many=True)
+    expired = serializers.BooleanField()
+
+
+class FactPageSerializer(serializers.Serializer):
+    facts = FactRecordSerializer(many=True)
+    total = serializers.IntegerField(allow_null=True)
+    cursor = serializers.CharField(allow_null=True)
+    tombstone_notices = serializers.ListField(child=serializers.DictField())
+
+
+class BatchSerializer(serializers.Serializer):
+    facts = AssertSerializer(many=True)
+    atomic = serializers.BooleanField(required=False)
+
+
+class BatchResultSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    status = serializers.IntegerField()
+    fact = FactRecordSerializer(allow_null=True)
+    error = serializers.DictField(allow_null=True)
+
+
+class BatchResponseSerializer(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+    results = BatchResultSerializer(many=True)
+
+
+class VerifyCidSerializer(serializers.Serializer):
+    cid_valid = serializers.BooleanField()
+    computed_cid = serializers.CharField()
+    stored_cid = serializers.CharField(allow_null=True)
+    mismatch_reason = serializers.CharField(allow_null=True)
+
+
+class ConflictSerializer(serializers.Serializer):
+    conflict_id = serializers.CharField()
+    fact_a = FactRecordSerializer(allow_null=True)
+    fact_b = FactRecordSerializer(allow_null=True)
+    status = serializers.ChoiceField(choices=["unresolved", "resolved"])
+    resolved_by = serializers.CharField(allow_null=True)
+    detected_at = serializers.DateTimeField()
+
+
+class ConflictPageSerializer(serializers.Serializer):
+    conflicts = ConflictSerializer(many=True)
+    cursor = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
+
+
+class ResolveSerializer(serializers.Serializer):
+    winning_fact_id = serializers.CharField(required=False)
+    new_value = ValueSerializer(required=False)
+    resolution_note = serializers.CharField(required=False, allow_blank=True)
+
+
+class ResolvedSerializer(serializers.Serializer):
+    resolution_fact_id = serializers.UUIDField()
+    conflict_status = serializers.CharField()
+
+
+class KeyCreateSerializer(serializers.Serializer):
+    raw_key = serializers.CharField(required=False, min_length=32)
+    entity_uri = serializers.CharField()
+    permissions = serializers.ListField(child=serializers.CharField())
+    description = serializers.CharField(required=False, allow_blank=True)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    tenant_id = serializers.CharField(required=False)
+
+
+class KeySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    entity_uri = serializers.CharField()
+    permissions = serializers.ListField(child=serializers.CharField())
+    description = serializers.CharField(allow_blank=True)
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    tenant_id = serializers.CharField()
+    revoked = serializers.BooleanField()
+    api_key = serializers.CharField(required=False)
+
+
+class KeyListSerializer(serializers.Serializer):
+    keys = KeySerializer(many=True)
+
+
+class MeSerializer(serializers.Serializer):
+    entity_uri = serializers.CharField()
+    permissions = serializers.ListField(child=serializers.CharField())
+    tenant_id = serializers.CharField()
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.CharField()
+    db = serializers.CharField()
+    worker_heartbeat_age_s = serializers.FloatField(allow_null=True)
+
+
+class WellKnownSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    node_id = serializers.CharField()
+    node_url = serializers.CharField()
+    auth = serializers.ChoiceField(choices=["required", "none"])
+    federation = serializers.ChoiceField(choices=["enabled", "disabled"])
+    source_attestation = serializers.CharField()
+    namespaces = serializers.ListField(child=serializers.CharField())
+    spec = serializers.CharField()
+    cors = serializers.DictField()
+
+
+class ValidationItemSerializer(serializers.Serializer):
+    loc = serializers.ListField(child=serializers.JSONField())
+    msg = serializers.CharField()
+    type = serializers.CharField()
+
+
+class ValidationErrorSerializer(serializers.Serializer):
+    detail = ValidationItemSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.JSONField()
+
+
+class RateLimitedSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    retry_after = serializers.IntegerField()
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """The documented error responses of an endpoint (401 and 429 apply to every one)."""
+    documented: dict[int, OpenApiResponse] = {
+        401: OpenApiResponse(ErrorSerializer, description="missing or invalid API key"),
+        429: OpenApiResponse(RateLimitedSerializer, description="rate limit exceeded"),
+    }
+    for status in statuses:
+        if status == 422:
+            documented[422] = OpenApiResponse(ValidationErrorSerializer, description="validation failed")
+        else:
+            documented[status] = OpenApiResponse(ErrorSerializer)
+    return documented
+
+
+FACT_QUERY_PARAMETERS = [
+    OpenApiParameter("entity", str),
+    OpenApiParameter("relation", str),
+    OpenApiParameter("source", str),
+    OpenApiParameter("scope", str, enum=SCOPE_CHOICES),
+    OpenApiParameter("min_confidence", float),
+    OpenApiParameter("include_contradicted", bool),
+    OpenApiParameter("include_expired", bool),
+    OpenApiParameter("after", str, description="ISO-8601 datetime"),
+    OpenApiParameter("cursor", str),
+    OpenApiParameter("limit", int),
+    OpenApiParameter("garden_id", str),
+]

@@ -1,0 +1,75 @@
+"""The node clock: one locked row that orders every write (DESIGN.md §3).
+
+``clock_transaction()`` opens a transaction, locks ``NodeClock`` and hands out fact ``seq``s,
+event ``seq``s and HLC timestamps. The lock is held until commit, so no transaction holding a
+smaller ``seq`` can commit after one holding a bigger one: readers paging by ``seq`` never
+skip a row. On SQLite the IMMEDIATE transaction mode already serializes writers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import transaction
+
+from stigmem.hlc import Hlc, merge, tick
+from stigmem.models import NodeClock
+
+_local = threading.local()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ClockLease:
+    """The clock, held for the current transaction."""
+
+    def __init__(self, row: NodeClock):
+        self._row = row
+        self._hlc = Hlc(row.hlc_wall_ms, row.hlc_counter)
+
+    def next_fact_seq(self) -> int:
+        self._row.last_fact_seq += 1
+        return self._row.last_fact_seq
+
+    def next_event_seq(self) -> int:
+        self._row.last_event_seq += 1
+        return self._row.last_event_seq
+
+    def tick(self) -> Hlc:
+        self._hlc = tick(self._hlc, now_ms())
+        return self._hlc
+
+    def merge(self, remote: Hlc) -> Hlc:
+        self._hlc = merge(self._hlc, remote, now_ms())
+        return self._hlc
+
+    def flush(self) -> None:
+        NodeClock.objects.filter(pk=self._row.pk).update(
+            last_fact_seq=self._row.last_fact_seq,
+            last_event_seq=self._row.last_event_seq,
+            hlc_wall_ms=self._hlc.wall_ms,
+            hlc_counter=self._hlc.counter,
+        )
+
+
+@contextmanager
+def clock_transaction() -> Iterator[ClockLease]:
+    """A transaction holding the node clock; nested calls share the outer lease."""
+    outer: ClockLease | None = getattr(_local, "lease", None)
+    if outer is not None:
+        yield outer
+        return
+    with transaction.atomic():
+        row = NodeClock.objects.select_for_update().get(pk=1)
+        lease = ClockLease(row)
+        _local.lease = lease
+        try:
+            yield lease
+            lease.flush()
+        finally:
+            _local.lease = None

@@ -1,0 +1,209 @@
+"""The one write path for facts: ``assert_facts`` (DESIGN.md §2, §4).
+
+The API, federation ingest and TTP tag emission all write through here. One call is one
+transaction holding the node clock: CID dedup, insert, current-value heads, conflicts and
+events commit together, and the log consumers are kicked after commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from django.db.models import Q
+from django.utils import timezone
+
+from stigmem import events, logtail, metrics
+from stigmem.auth import Caller
+from stigmem.clock import clock_transaction
+from stigmem.errors import forbidden, not_found
+from stigmem.fact_input import FactInput
+from stigmem.models import Conflict, Fact, FactHead
+
+Key = tuple[str, str, str]  # (entity, relation, scope)
+_CHUNK = 500
+
+
+class Origin(StrEnum):
+    LOCAL = "local"
+    FEDERATION = "federation"
+    RULE = "rule"
+
+
+@dataclass
+class AssertOutcome:
+    fact: Fact
+    created: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def authorize(caller: Caller, item: FactInput) -> None:
+    """May this caller write this fact? Raises 403/404 as WIRE.md §2.7 says."""
+    if item.value.interpret_as == "instruction" and not caller.has("admin"):
+        raise forbidden("admin permission required for interpret_as: instruction")
+    if item.garden is not None:
+        # Gardens arrive with the access issue; until then no garden exists on this node.
+        raise not_found("garden")
+
+
+def assert_facts(
+    tenant: str,
+    inputs: Sequence[FactInput],
+    *,
+    origin: Origin = Origin.LOCAL,
+    record_conflicts: bool = True,
+) -> list[AssertOutcome]:
+    """Store validated facts in one transaction, in order; identical content is not duplicated.
+
+    Re-asserting stored content (same CID) returns the stored fact and makes it the current
+    value again (A -> B -> A leaves A current). A confidence of 0 retracts: the key then has
+    no current value. A fact that disagrees with the current value and comes from another
+    source records a conflict; the same source changing its value supersedes silently.
+    ``record_conflicts=False`` is for conflict resolution, whose new value settles the dispute.
+    """
+    if not inputs:
+        return []
+    now = timezone.now()
+    with clock_transaction() as clock:
+        stored = _facts_by_cid(tenant, {item.cid for item in inputs})
+        before = _current_heads(tenant, {item.key for item in inputs})
+        heads: dict[Key, Fact | None] = dict(before)
+        new_facts: list[Fact] = []
+        conflicts: list[Conflict] = []
+        outcomes: list[AssertOutcome] = []
+        for item in inputs:
+            fact = stored.get(item.cid)
+            created = fact is None
+            if fact is None:
+                fact = _new_fact(tenant, item, seq=clock.next_fact_seq(), hlc=str(clock.tick()), now=now)
+                stored[item.cid] = fact
+                new_facts.append(fact)
+            current = heads.get(item.key)
+            if item.confidence == 0.0:
+                heads[item.key] = None
+            else:
+                if (
+                    record_conflicts
+                    and current is not None
+                    and _disputes(current, fact)
+                    and (created or not _conflict_exists(current, fact))
+                ):
+                    conflicts.append(Conflict(tenant=tenant, fact_a=current, fact_b=fact, detected_at=now))
+                    current.contradicted = fact.contradicted = True
+                heads[item.key] = fact
+            outcomes.append(AssertOutcome(fact, created, item.warnings))
+
+        Fact.objects.bulk_create(new_facts)
+        _save_heads(tenant, before, heads)
+        if conflicts:
+            Conflict.objects.bulk_create(conflicts)
+            new_ids = {f.id for f in new_facts}
+            older = {c.fact_a_id for c in conflicts if c.fact_a_id not in new_ids}
+            older |= {c.fact_b_id for c in conflicts if c.fact_b_id not in new_ids}
+            if older:
+                Fact.objects.filter(id__in=older).update(contradicted=True)
+            for conflict in conflicts:
+                events.emit(clock, tenant, events.CONFLICT_DETECTED, conflict_payload(conflict))
+        logtail.kick_on_commit()
+
+    metrics.FACTS_WRITTEN.labels(origin=origin.value).inc(len(new_facts))
+    if conflicts:
+        metrics.CONTRADICTIONS.inc(len(conflicts))
+    return outcomes
+
+
+def conflict_payload(conflict: Conflict) -> dict[str, str]:
+    return {
+        "conflict_id": conflict.public_id,
+        "fact_a": str(conflict.fact_a_id),
+        "fact_b": str(conflict.fact_b_id),
+        "status": conflict.status,
+    }
+
+
+def _new_fact(tenant: str, item: FactInput, *, seq: int, hlc: str, now) -> Fact:
+    return Fact(
+        id=uuid.uuid4(),
+        seq=seq,
+        tenant=tenant,
+        entity=item.entity,
+        relation=item.relation,
+        value_type=item.value.value_type,
+        value_v=item.value.value_v,
+        interpret_as=item.value.interpret_as,
+        source=item.source,
+        confidence=item.confidence,
+        scope=item.scope,
+        garden=item.garden,
+        timestamp=now,
+        hlc=hlc,
+        valid_until=item.valid_until,
+        valid_until_at=item.valid_until_at,
+        cid=item.cid,
+        derived_from=item.derived_from,
+    )
+
+
+def _disputes(current: Fact, new: Fact) -> bool:
+    """A different value from a different source is a conflict; anything else is not."""
+    if current.id == new.id or current.source == new.source:
+        return False
+    return (current.value_type, current.value_v) != (new.value_type, new.value_v)
+
+
+def _conflict_exists(a: Fact, b: Fact) -> bool:
+    return Conflict.objects.filter(
+        Q(fact_a=a, fact_b=b) | Q(fact_a=b, fact_b=a), status=Conflict.Status.UNRESOLVED
+    ).exists()
+
+
+def _chunks(values: Iterable, size: int = _CHUNK) -> Iterable[list]:
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _facts_by_cid(tenant: str, cids: set[str]) -> dict[str, Fact]:
+    found: dict[str, Fact] = {}
+    for chunk in _chunks(cids):
+        found.update((f.cid, f) for f in Fact.objects.filter(tenant=tenant, cid__in=chunk))
+    return found
+
+
+def _current_heads(tenant: str, keys: set[Key]) -> dict[Key, Fact]:
+    relations = {k[1] for k in keys}
+    scopes = {k[2] for k in keys}
+    heads: dict[Key, Fact] = {}
+    for entities in _chunks({k[0] for k in keys}):
+        rows = FactHead.objects.filter(
+            tenant=tenant, entity__in=entities, relation__in=relations, scope__in=scopes
+        ).select_related("fact")
+        for head in rows:
+            key = (head.entity, head.relation, head.scope)
+            if key in keys:
+                heads[key] = head.fact
+    return heads
+
+
+def _id_of(fact: Fact | None) -> uuid.UUID | None:
+    return fact.id if fact is not None else None
+
+
+def _save_heads(tenant: str, before: dict[Key, Fact], after: dict[Key, Fact | None]) -> None:
+    changed = {k: f for k, f in after.items() if _id_of(before.get(k)) != _id_of(f)}
+    cleared = [k for k, f in changed.items() if f is None]
+    moved = [FactHead(tenant=tenant, entity=k[0], relation=k[1], scope=k[2], fact=f) for k, f in changed.items() if f]
+    for chunk in _chunks(cleared, 100):
+        match = Q()
+        for entity, relation, scope in chunk:
+            match |= Q(entity=entity, relation=relation, scope=scope)
+        FactHead.objects.filter(match, tenant=tenant).delete()
+    if moved:
+        FactHead.objects.bulk_create(
+            moved,
+            update_conflicts=True,
+            unique_fields=["tenant", "entity", "relation", "scope"],
+            update_fields=["fact"],
+        )

@@ -1,0 +1,147 @@
+"""Consumers that tail the fact log and the Event log with durable cursors (DESIGN.md §3).
+
+An app registers a consumer in its ``AppConfig.ready()``::
+
+    logtail.register("dispatch", ConsumerCursor.Log.FACTS, handle_facts)
+
+``handle_facts(rows)`` runs inside the transaction that advances the consumer's cursor past
+``rows``, so whatever it writes commits together with the new position: a crash loses or
+repeats nothing. Writers call ``kick_on_commit()``; after commit one django-q2 task runs the
+consumers (kicks are coalesced), and the scheduled sweep is the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from stigmem.models import ConsumerCursor, Event, Fact
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[Sequence[Fact] | Sequence[Event]], None]
+KICK_TASK = "stigmem.logtail.run_consumers"
+# A burst of commits produces one kick at its start and one after it (leading + trailing edge).
+KICK_WINDOW_S = 0.2
+
+
+@dataclass(frozen=True)
+class Consumer:
+    name: str
+    log: str
+    handler: Handler
+    batch_size: int = 500
+
+
+_consumers: dict[tuple[str, str], Consumer] = {}
+
+
+def register(name: str, log: str, handler: Handler, batch_size: int = 500) -> None:
+    if log not in ConsumerCursor.Log.values:
+        raise ValueError(f"unknown log {log!r}")
+    _consumers[(name, log)] = Consumer(name, log, handler, batch_size)
+
+
+def unregister(name: str, log: str) -> None:
+    _consumers.pop((name, log), None)
+
+
+def consumers() -> list[Consumer]:
+    return list(_consumers.values())
+
+
+def _claim_cursor(consumer: Consumer) -> ConsumerCursor | None:
+    """Lock this consumer's cursor for the current transaction, or None if another worker has it."""
+    ConsumerCursor.objects.get_or_create(consumer=consumer.name, log=consumer.log)
+    query = ConsumerCursor.objects.filter(consumer=consumer.name, log=consumer.log)
+    if connection.features.has_select_for_update_skip_locked:
+        return query.select_for_update(skip_locked=True).first()
+    # SQLite: the IMMEDIATE transaction already holds the database's write lock.
+    return query.first()
+
+
+def run_batch(consumer: Consumer) -> int:
+    """Hand the next batch after the cursor to the consumer; returns how many rows it got."""
+    model = Fact if consumer.log == ConsumerCursor.Log.FACTS else Event
+    with transaction.atomic():
+        cursor = _claim_cursor(consumer)
+        if cursor is None:
+            return 0
+        rows = list(model.objects.filter(seq__gt=cursor.position).order_by("seq")[: consumer.batch_size])
+        if not rows:
+            return 0
+        consumer.handler(rows)
+        cursor.position = rows[-1].seq
+        cursor.save(update_fields=["position", "updated_at"])
+        return len(rows)
+
+
+def run_consumers(budget_s: float = 10.0) -> int:
+    """Run every registered consumer until caught up or the time budget is spent."""
+    deadline = time.monotonic() + budget_s
+    total = 0
+    for consumer in consumers():
+        while time.monotonic() < deadline:
+            try:
+                handled = run_batch(consumer)
+            except Exception:
+                logger.exception("consumer %s on %s failed; it retries from its cursor", consumer.name, consumer.log)
+                break
+            total += handled
+            if handled < consumer.batch_size:
+                break
+    return total
+
+
+class _KickThrottle:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self._trailing: threading.Timer | None = None
+
+    def kick(self) -> None:
+        if not _consumers:
+            return
+        with self._lock:
+            wait = self._last + KICK_WINDOW_S - time.monotonic()
+            if wait <= 0:
+                self._last = time.monotonic()
+                fire_now = True
+            else:
+                fire_now = False
+                if self._trailing is None:
+                    self._trailing = threading.Timer(wait, self._fire_trailing)
+                    self._trailing.daemon = True
+                    self._trailing.start()
+        if fire_now:
+            _enqueue()
+
+    def _fire_trailing(self) -> None:
+        with self._lock:
+            self._trailing = None
+            self._last = time.monotonic()
+        _enqueue()
+
+
+def _enqueue() -> None:
+    # Imported here: django_q.tasks needs the app registry, which is not ready at import time.
+    from django_q.tasks import async_task
+
+    try:
+        async_task(KICK_TASK, group="logtail", sync=settings.Q_CLUSTER.get("sync", False))
+    except Exception:  # the broker being down must never fail a write; the sweep catches up
+        logger.exception("could not enqueue the log consumers; the scheduled sweep will run them")
+
+
+_throttle = _KickThrottle()
+
+
+def kick_on_commit() -> None:
+    """Run the consumers soon after the current transaction commits."""
+    transaction.on_commit(_throttle.kick)

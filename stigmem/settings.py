@@ -1,0 +1,266 @@
+"""Settings of the stigmem node.
+
+Every operator-facing setting is an environment variable named ``STIGMEM_*`` (the reference
+node's name where one exists), read once here. ``DATABASE_URL`` selects PostgreSQL; without it
+the node runs on an embedded SQLite file tuned for concurrent access.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def env_number(name: str, default: float, cast: type = int) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return cast(raw.strip())
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+DATA_DIR = Path(env_str("STIGMEM_DATA_DIR") or BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """The server secret: signs cursors and keys the API-key hashes.
+
+    Production sets STIGMEM_SECRET_KEY (the same value on every host). The embedded default
+    generates one on first start and keeps it in the data directory, so keys survive restarts.
+    """
+    configured = env_str("STIGMEM_SECRET_KEY")
+    if configured:
+        return configured
+    path = DATA_DIR / "secret.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("STIGMEM_DEBUG", False)
+
+# --- the node -----------------------------------------------------------------------------
+STIGMEM_VERSION = "0.1.0"
+STIGMEM_NODE_URL = env_str("STIGMEM_NODE_URL", "http://127.0.0.1:8765").rstrip("/")
+STIGMEM_NODE_ID = env_str("STIGMEM_NODE_ID")
+STIGMEM_DEFAULT_TENANT = env_str("STIGMEM_DEFAULT_TENANT", "default")
+STIGMEM_AUTH_REQUIRED = env_bool("STIGMEM_AUTH_REQUIRED", True)
+STIGMEM_FEDERATION_ENABLED = env_bool("STIGMEM_FEDERATION_ENABLED", False)
+STIGMEM_API_KEY_MAX_AGE_DAYS = int(env_number("STIGMEM_API_KEY_MAX_AGE_DAYS", 90))
+STIGMEM_METRICS_TOKEN = env_str("STIGMEM_METRICS_TOKEN")
+STIGMEM_SPEC_URL = env_str("STIGMEM_SPEC_URL", "https://stigmem.dev/spec")
+# Largest request body accepted (a batch of 1000 facts fits comfortably); bigger -> 413.
+STIGMEM_MAX_BODY_BYTES = int(env_number("STIGMEM_MAX_BODY_BYTES", 8 * 1024 * 1024))
+# Per-key token buckets: sustained requests per second and burst size, per web process.
+STIGMEM_RATE_LIMIT_WRITE_PER_S = env_number("STIGMEM_RATE_LIMIT_WRITE_PER_S", 500.0, float)
+STIGMEM_RATE_LIMIT_WRITE_BURST = env_number("STIGMEM_RATE_LIMIT_WRITE_BURST", 1000.0, float)
+STIGMEM_RATE_LIMIT_READ_PER_S = env_number("STIGMEM_RATE_LIMIT_READ_PER_S", 1000.0, float)
+STIGMEM_RATE_LIMIT_READ_BURST = env_number("STIGMEM_RATE_LIMIT_READ_BURST", 2000.0, float)
+STIGMEM_BIND = env_str("STIGMEM_BIND", "127.0.0.1:8765")
+STIGMEM_WEB_WORKERS = int(env_number("STIGMEM_WEB_WORKERS", 2))
+STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 4))
+STIGMEM_Q_WORKERS = int(env_number("STIGMEM_Q_WORKERS", 2))
+STIGMEM_REDIS_URL = env_str("STIGMEM_REDIS_URL")
+# Password of the `admin` login created on first start; generated and printed when unset.
+STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
+
+
+def _is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if not STIGMEM_AUTH_REQUIRED and not _is_loopback_url(STIGMEM_NODE_URL):
+    raise ImproperlyConfigured(
+        "STIGMEM_AUTH_REQUIRED=false is only allowed when STIGMEM_NODE_URL is a loopback "
+        f"address (development); STIGMEM_NODE_URL is {STIGMEM_NODE_URL!r}"
+    )
+
+_node_host = urlsplit(STIGMEM_NODE_URL).hostname or "127.0.0.1"
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in env_str("STIGMEM_ALLOWED_HOSTS", f"{_node_host},127.0.0.1,localhost,[::1]").split(",")
+    if h.strip()
+]
+CSRF_TRUSTED_ORIGINS = [STIGMEM_NODE_URL]
+
+# --- Django -------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_q",
+    "stigmem.apps.StigmemConfig",
+]
+
+MIDDLEWARE = [
+    "stigmem.middleware.RequestMetricsMiddleware",
+    "stigmem.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "stigmem.urls"
+WSGI_APPLICATION = "stigmem.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("STIGMEM_DB_PATH") or str(DATA_DIR / "stigmem.db"),
+            "OPTIONS": {
+                # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
+                # at BEGIN so two writers queue on the busy timeout instead of deadlocking on
+                # a lock upgrade.
+                "init_command": (
+                    "PRAGMA journal_mode=WAL;"
+                    "PRAGMA synchronous=NORMAL;"
+                    "PRAGMA temp_store=MEMORY;"
+                    "PRAGMA cache_size=-65536;"
+                    "PRAGMA mmap_size=268435456;"
+                ),
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Admin static files are served from the packages directly when collectstatic has not run.
+WHITENOISE_USE_FINDERS = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = STIGMEM_MAX_BODY_BYTES
+
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["stigmem.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["stigmem.permissions.IsAuthenticatedCaller"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "stigmem.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["stigmem.ratelimit.KeyRateThrottle"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "stigmem node",
+    "DESCRIPTION": "Shared, persistent memory for AI agents (stigmem wire protocol).",
+    "VERSION": STIGMEM_VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Serve the docs page's assets from the node itself: it must work without internet access.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# --- background work (django-q2) ------------------------------------------------------------
+Q_CLUSTER = {
+    "name": "stigmem",
+    "workers": STIGMEM_Q_WORKERS,
+    "timeout": 600,
+    "retry": 900,
+    "max_attempts": 3,
+    "catch_up": False,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "poll": 0.5,
+    "label": "Background tasks",
+}
+if STIGMEM_REDIS_URL:
+    Q_CLUSTER["redis"] = STIGMEM_REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("STIGMEM_LOG_LEVEL", "INFO")},
+    "loggers": {"django_q": {"level": "WARNING"}},
+}

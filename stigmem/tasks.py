@@ -1,0 +1,18 @@
+"""Background tasks of the core, run by the django-q2 cluster (schedules: ``stigmem.schedules``)."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from stigmem import logtail
+from stigmem.models import NodeIdentity
+
+
+def heartbeat() -> None:
+    """Record that a worker is alive; /healthz reports the age of this stamp."""
+    NodeIdentity.objects.filter(pk=1).update(worker_heartbeat_at=timezone.now())
+
+
+def sweep_logs() -> int:
+    """Safety net for the on-commit kicks: run every log consumer until caught up."""
+    return logtail.run_consumers(budget_s=50.0)

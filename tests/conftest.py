@@ -1,0 +1,76 @@
+"""Shared fixtures: API clients holding keys with chosen permissions and tenants."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from stigmem.keys import issue_key
+from stigmem.ratelimit import buckets
+
+ALL_PERMISSIONS = ["read", "write", "federate", "admin", "admin:federation", "audit.read"]
+
+
+def pytest_collection_modifyitems(config, items):
+    # CI's PostgreSQL pass sets STIGMEM_REQUIRE_POSTGRES=1: there a postgres test must run, never skip.
+    if os.environ.get("STIGMEM_REQUIRE_POSTGRES") == "1":
+        if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+            raise pytest.UsageError("STIGMEM_REQUIRE_POSTGRES=1 but DATABASE_URL is not a PostgreSQL URL")
+        return
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        return
+    skip = pytest.mark.skip(reason="PostgreSQL test: runs in CI's PostgreSQL pass (DATABASE_URL)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    buckets.reset()
+    yield
+    buckets.reset()
+
+
+@pytest.fixture
+def make_client(db) -> Callable[..., APIClient]:
+    """``make_client(permissions=[...], tenant="default", entity="...")`` -> an authenticated client."""
+
+    def make(
+        permissions: list[str] | None = None,
+        tenant: str = "default",
+        entity: str = "stigmem://test/agent/tester",
+    ) -> APIClient:
+        issued = issue_key(tenant=tenant, entity_uri=entity, permissions=permissions or ["read", "write"])
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.raw_key}")
+        client.raw_key = issued.raw_key
+        client.key = issued.key
+        return client
+
+    return make
+
+
+@pytest.fixture
+def client(make_client) -> APIClient:
+    """A read/write client of the default tenant."""
+    return make_client(["read", "write"])
+
+
+@pytest.fixture
+def admin_client(make_client) -> APIClient:
+    return make_client(ALL_PERMISSIONS, entity="stigmem://test/agent/admin")
+
+
+@pytest.fixture
+def anon() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def is_postgres(db) -> bool:
+    return connection.vendor == "postgresql"
