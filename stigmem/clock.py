@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from django.db import transaction
 
-from stigmem.hlc import Hlc, merge, tick
+from stigmem.hlc import Hlc, tick
 from stigmem.models import NodeClock
 
 _local = threading.local()
@@ -31,24 +31,26 @@ class ClockLease:
     def __init__(self, row: NodeClock):
         self._row = row
         self._hlc = Hlc(row.hlc_wall_ms, row.hlc_counter)
+        self._dirty = False
 
     def next_fact_seq(self) -> int:
         self._row.last_fact_seq += 1
+        self._dirty = True
         return self._row.last_fact_seq
 
     def next_event_seq(self) -> int:
         self._row.last_event_seq += 1
+        self._dirty = True
         return self._row.last_event_seq
 
     def tick(self) -> Hlc:
         self._hlc = tick(self._hlc, now_ms())
-        return self._hlc
-
-    def merge(self, remote: Hlc) -> Hlc:
-        self._hlc = merge(self._hlc, remote, now_ms())
+        self._dirty = True
         return self._hlc
 
     def flush(self) -> None:
+        if not self._dirty:
+            return  # nothing was handed out (e.g. an idempotent re-assert)
         NodeClock.objects.filter(pk=self._row.pk).update(
             last_fact_seq=self._row.last_fact_seq,
             last_event_seq=self._row.last_event_seq,

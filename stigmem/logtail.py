@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from stigmem.models import ConsumerCursor, Event, Fact
 
@@ -126,7 +126,11 @@ class _KickThrottle:
         with self._lock:
             self._trailing = None
             self._last = time.monotonic()
-        _enqueue()
+        try:
+            _enqueue()
+        finally:
+            # This timer thread is about to end; don't leave its database connection behind.
+            connections.close_all()
 
 
 def _enqueue() -> None:
