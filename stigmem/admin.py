@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from stigmem.keys import default_expiry, issue_key
 from stigmem.models import PERMISSIONS, ApiKey, Conflict, Fact, NodeClock, NodeIdentity
+from stigmem.normalize import UriInvalid, normalize_uri
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -120,6 +121,13 @@ class ApiKeyCreateForm(forms.ModelForm):
     class Meta:
         model = ApiKey
         fields = ("tenant", "entity_uri", "permissions", "description", "expires_at")
+
+    def clean_entity_uri(self) -> str:
+        # Same normalization as keys created over the API, so the key's identity matches facts.
+        try:
+            return normalize_uri(self.cleaned_data["entity_uri"]).uri
+        except UriInvalid as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 @admin.register(ApiKey)

@@ -14,7 +14,7 @@ from stigmem.auth import Caller
 from stigmem.clock import clock_transaction
 from stigmem.errors import ApiError, invalid, not_found
 from stigmem.fact_input import FactInput, input_from_fact
-from stigmem.facts import assert_facts, conflict_payload
+from stigmem.facts import assert_facts, authorize, conflict_payload
 from stigmem.models import Conflict, Fact
 from stigmem.models.facts import CONFLICT_ID_PREFIX
 from stigmem.queries import decode_cursor, encode_cursor
@@ -113,4 +113,5 @@ def _assert_new_value(caller: Caller, template: Fact, raw_value: Any) -> Fact:
         confidence=1.0,
         scope=template.scope,
     )
+    authorize(caller, item)  # interpret_as: instruction needs admin here too
     return assert_facts(caller.tenant, [item], record_conflicts=False)[0].fact

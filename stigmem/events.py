@@ -36,9 +36,15 @@ class TopicError(ValueError):
     """A topic segment or a pattern that is not well formed."""
 
 
+MAX_SEGMENT_LENGTH = 128
+
+
 def _segment(value: str) -> str:
-    if not isinstance(value, str) or not value or _BAD_SEGMENT.search(value):
-        raise TopicError(f"invalid topic segment {value!r}: must be non-empty, without '.', '*', '>' or whitespace")
+    if not isinstance(value, str) or not value or _BAD_SEGMENT.search(value) or len(value) > MAX_SEGMENT_LENGTH:
+        raise TopicError(
+            f"invalid topic segment {value!r}: must be 1-{MAX_SEGMENT_LENGTH} characters, "
+            "without '.', '*', '>' or whitespace"
+        )
     return value
 
 
@@ -82,6 +88,8 @@ class TopicPattern:
 
     def matches(self, topic: str) -> bool:
         parts = topic.split(".")
+        if "" in parts:  # a topic with an empty token is malformed: no wildcard matches it
+            return False
         for position, token in enumerate(self.tokens):
             if token == ">":
                 return len(parts) > position
@@ -117,6 +125,8 @@ class PatternIndex:
     def match(self, topic: str) -> set[Hashable]:
         found: set[Hashable] = set()
         parts = topic.split(".")
+        if "" in parts:
+            return found
         frontier = [self._root]
         for part in parts:
             next_frontier = []

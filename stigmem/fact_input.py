@@ -17,7 +17,7 @@ from stigmem.cid import CID_PATTERN, compute_cid
 from stigmem.errors import InputInvalid, coded, field_error
 from stigmem.limits import MAX_DERIVED_FROM, MAX_RELATION_LENGTH, MAX_URI_LENGTH
 from stigmem.normalize import INFORMAL_WARNING, UriInvalid, normalize_uri
-from stigmem.values import TypedValue, parse_iso_datetime, parse_value
+from stigmem.values import TypedValue, parse_iso_datetime, parse_value, text_problem
 
 SCOPES = ("local", "team", "company", "public")
 _GARDEN_URI = re.compile(r"^stigmem://[^/\s]+/garden/([^/\s]+)$")
@@ -70,6 +70,10 @@ def _uri_field(body: dict[str, Any], name: str, loc: Sequence[str | int], errors
             field_error([*loc, name], f"{name} is longer than {MAX_URI_LENGTH} characters", "string_too_long")
         )
         return ""
+    problem = text_problem(raw)
+    if problem is not None:
+        errors.append(field_error([*loc, name], f"{name} {problem}", "string_unicode"))
+        return ""
     try:
         normalized = normalize_uri(raw)
     except UriInvalid as exc:
@@ -100,6 +104,8 @@ def parse_fact_body(body: Any, loc: Sequence[str | int] = ("body",)) -> FactInpu
                 "string_too_long",
             )
         )
+    elif (problem := text_problem(relation)) is not None:
+        errors.append(field_error([*loc, "relation"], f"relation {problem}", "string_unicode"))
 
     value: TypedValue | None = None
     if "value" not in body:
@@ -116,8 +122,8 @@ def parse_fact_body(body: Any, loc: Sequence[str | int] = ("body",)) -> FactInpu
     if (
         isinstance(confidence, bool)
         or not isinstance(confidence, (int, float))
+        or not 0.0 <= confidence <= 1.0  # before isfinite: a huge JSON integer overflows float()
         or not math.isfinite(confidence)
-        or not 0.0 <= confidence <= 1.0
     ):
         errors.append(
             field_error([*loc, "confidence"], "confidence must be a number from 0.0 to 1.0", "confidence_range")
@@ -184,7 +190,8 @@ def _parse_derived_from(raw: Any, loc: list[str | int], errors: list) -> list[di
         return []
     parsed: list[dict[str, str]] = []
     for index, item in enumerate(raw):
-        if isinstance(item, dict) and isinstance(item.get("fact_id"), str) and item["fact_id"]:
+        fact_id = item.get("fact_id") if isinstance(item, dict) else None
+        if isinstance(fact_id, str) and fact_id and not text_problem(fact_id):
             parsed.append({"fact_id": item["fact_id"][:255]})
         elif isinstance(item, dict) and isinstance(item.get("hash"), str) and CID_PATTERN.match(item["hash"]):
             parsed.append({"hash": item["hash"]})

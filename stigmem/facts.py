@@ -15,7 +15,7 @@ from enum import StrEnum
 from django.db.models import Q
 from django.utils import timezone
 
-from stigmem import events, logtail, metrics
+from stigmem import bulk, events, logtail, metrics
 from stigmem.auth import Caller
 from stigmem.clock import clock_transaction
 from stigmem.errors import forbidden, not_found
@@ -69,6 +69,8 @@ def assert_facts(
     with clock_transaction() as clock:
         stored = _facts_by_cid(tenant, {item.cid for item in inputs})
         before = _current_heads(tenant, {item.key for item in inputs})
+        # One object per row, so flags set below (contradicted) show in every outcome.
+        before = {key: stored.get(head.cid, head) for key, head in before.items()}
         heads: dict[Key, Fact | None] = dict(before)
         new_facts: list[Fact] = []
         conflicts: list[Conflict] = []
@@ -88,14 +90,14 @@ def assert_facts(
                     record_conflicts
                     and current is not None
                     and _disputes(current, fact)
-                    and (created or not _conflict_exists(current, fact))
+                    and (created or not _conflict_exists(current, fact, conflicts))
                 ):
                     conflicts.append(Conflict(tenant=tenant, fact_a=current, fact_b=fact, detected_at=now))
                     current.contradicted = fact.contradicted = True
                 heads[item.key] = fact
             outcomes.append(AssertOutcome(fact, created, item.warnings))
 
-        Fact.objects.bulk_create(new_facts)
+        bulk.insert(new_facts)
         _save_heads(tenant, before, heads)
         if conflicts:
             Conflict.objects.bulk_create(conflicts)
@@ -153,7 +155,10 @@ def _disputes(current: Fact, new: Fact) -> bool:
     return (current.value_type, current.value_v) != (new.value_type, new.value_v)
 
 
-def _conflict_exists(a: Fact, b: Fact) -> bool:
+def _conflict_exists(a: Fact, b: Fact, pending: list[Conflict]) -> bool:
+    """An unresolved conflict between a and b: stored, or recorded earlier in this call."""
+    if any({c.fact_a_id, c.fact_b_id} == {a.id, b.id} for c in pending):
+        return True
     return Conflict.objects.filter(
         Q(fact_a=a, fact_b=b) | Q(fact_a=b, fact_b=a), status=Conflict.Status.UNRESOLVED
     ).exists()
@@ -201,9 +206,4 @@ def _save_heads(tenant: str, before: dict[Key, Fact], after: dict[Key, Fact | No
             match |= Q(entity=entity, relation=relation, scope=scope)
         FactHead.objects.filter(match, tenant=tenant).delete()
     if moved:
-        FactHead.objects.bulk_create(
-            moved,
-            update_conflicts=True,
-            unique_fields=["tenant", "entity", "relation", "scope"],
-            update_fields=["fact"],
-        )
+        bulk.insert(moved, upsert_on=["tenant", "entity", "relation", "scope"], update=["fact"])

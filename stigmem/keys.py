@@ -9,13 +9,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from stigmem.auth import MIN_RAW_KEY_LENGTH, Caller, generate_raw_key, hash_key
 from stigmem.errors import ApiError, InputInvalid, field_error, forbidden, not_found
 from stigmem.models import PERMISSIONS, ApiKey
 from stigmem.normalize import UriInvalid, normalize_uri
-from stigmem.values import parse_iso_datetime
+from stigmem.values import parse_iso_datetime, text_problem
 
 
 @dataclass
@@ -92,6 +93,9 @@ def create_key_from_body(caller: Caller, body: Any) -> NewKey:
                 ["body", "description"], "description must be a string of at most 500 characters", "string_type"
             )
         )
+    for name, text in (("entity_uri", entity_uri), ("raw_key", raw_key), ("description", description)):
+        if isinstance(text, str) and (problem := text_problem(text)) is not None:
+            errors.append(field_error(["body", name], f"{name} {problem}", "string_unicode"))
     now = timezone.now()
     expires_at = default_expiry(now)
     if body.get("expires_at") is not None:
@@ -131,12 +135,19 @@ def create_key_from_body(caller: Caller, body: Any) -> NewKey:
     )
 
 
-def keys_visible_to(caller: Caller):
-    """Admins see every key of their tenant; others see the keys of their own identity."""
+def own_active_keys(caller: Caller):
+    """The caller's identity's usable keys, newest first (the reference's listing)."""
+    return (
+        ApiKey.objects.filter(tenant=caller.tenant, entity_uri=caller.entity_uri, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+        .order_by("-created_at")
+    )
+
+
+def revocable_keys(caller: Caller):
+    """Admins may revoke any key of their tenant; others only their identity's keys."""
     keys = ApiKey.objects.filter(tenant=caller.tenant)
-    if not caller.has("admin"):
-        keys = keys.filter(entity_uri=caller.entity_uri)
-    return keys.order_by("-created_at")
+    return keys if caller.has("admin") else keys.filter(entity_uri=caller.entity_uri)
 
 
 def revoke_key(caller: Caller, raw_id: str) -> None:
@@ -144,8 +155,9 @@ def revoke_key(caller: Caller, raw_id: str) -> None:
         key_id = uuid.UUID(raw_id)
     except ValueError:
         raise not_found("API key") from None
-    updated = keys_visible_to(caller).filter(id=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    if not updated and not keys_visible_to(caller).filter(id=key_id).exists():
+    keys = revocable_keys(caller)
+    updated = keys.filter(id=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    if not updated and not keys.filter(id=key_id).exists():
         raise not_found("API key")
 
 
@@ -158,7 +170,7 @@ def key_record(key: ApiKey, raw_key: str | None = None) -> dict[str, Any]:
         "created_at": key.created_at.isoformat(),
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "tenant_id": key.tenant,
-        "revoked": key.revoked_at is not None,
+        "oidc_sub": None,
     }
     if raw_key is not None:
         record["api_key"] = raw_key

@@ -97,6 +97,9 @@ class FactQuery:
 def parse_fact_query(params) -> FactQuery:
     errors: list = []
     query = FactQuery()
+    for name in ("entity", "relation", "source"):
+        if "\x00" in params.get(name, ""):  # PostgreSQL cannot even compare a string holding NUL
+            errors.append(field_error(["query", name], f"{name} must not contain NUL characters", "string_unicode"))
     if params.get("entity"):
         query.entity = normalize_query_uri(params["entity"])
     if params.get("source"):

@@ -6,10 +6,12 @@ from django.utils import timezone
 
 from stigmem import logtail
 from stigmem.models import NodeIdentity
+from stigmem.node import ensure_identity
 
 
 def heartbeat() -> None:
     """Record that a worker is alive; /healthz reports the age of this stamp."""
+    ensure_identity()
     NodeIdentity.objects.filter(pk=1).update(worker_heartbeat_at=timezone.now())
 
 

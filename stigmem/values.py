@@ -10,7 +10,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from stigmem.errors import ApiError, InputInvalid, field_error
@@ -31,10 +31,30 @@ class TypedValue:
 
 
 def parse_iso_datetime(text: str) -> datetime:
-    """Parse ISO-8601 (``Z`` allowed); raises ValueError."""
-    if not text or len(text) > 64:
+    """Parse ISO-8601 (``Z`` allowed); raises ValueError, also for an instant outside UTC's years 1-9999."""
+    # fromisoformat takes any character as the date/time separator and ignores a trailing NUL.
+    if not text or len(text) > 64 or text_problem(text) is not None:
         raise ValueError("not an ISO-8601 datetime")
-    return datetime.fromisoformat(text)
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is not None:
+        try:
+            # The databases store UTC: 9999-12-31T23:00-05:00 cannot be stored, and PostgreSQL
+            # refuses offsets beyond ±15:59 (Python allows up to ±23:59).
+            parsed = parsed.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("datetime out of range") from None
+    return parsed
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored (PostgreSQL refuses NUL) or hashed (lone surrogates), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
 
 
 def parse_value(raw: Any, loc: Sequence[str | int]) -> TypedValue:
@@ -74,6 +94,9 @@ def _encode(value_type: str, v: Any, loc: list[str | int]) -> str:
     if value_type in _TEXT_LIMITS:
         if not isinstance(v, str):
             raise InputInvalid([field_error(loc, f"{value_type} value must be a string", "string_type")])
+        problem = text_problem(v)
+        if problem is not None:
+            raise InputInvalid([field_error(loc, f"{value_type} value {problem}", "string_unicode")])
         limit = _TEXT_LIMITS[value_type]
         if len(v) > limit // 4 and len(v.encode("utf-8")) > limit:
             raise ApiError(
@@ -105,7 +128,7 @@ def _encode(value_type: str, v: Any, loc: list[str | int]) -> str:
             ) from None
         return v
     if value_type == "ref":
-        if not isinstance(v, str) or len(v) > MAX_STRING_BYTES or not _URI_SCHEME.match(v):
+        if not isinstance(v, str) or len(v) > MAX_STRING_BYTES or not _URI_SCHEME.match(v) or text_problem(v):
             raise InputInvalid(
                 [field_error(loc, "ref value must be a URI with a scheme (e.g. stigmem://...)", "ref_format")]
             )

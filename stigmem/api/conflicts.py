@@ -11,9 +11,11 @@ from stigmem.api import schemas
 from stigmem.api.base import NodeView
 from stigmem.conflicts import list_conflicts, resolve_conflict
 from stigmem.errors import InputInvalid, field_error
+from stigmem.limits import QUERY_LIMIT_MAX
 from stigmem.models import Conflict
 from stigmem.queries import parse_limit, visible_facts
 from stigmem.records import fact_record
+from stigmem.values import text_problem
 
 
 class ConflictsView(NodeView):
@@ -24,7 +26,7 @@ class ConflictsView(NodeView):
         parameters=[
             OpenApiParameter("status", str, enum=["unresolved", "resolved"]),
             OpenApiParameter("cursor", str),
-            OpenApiParameter("limit", int),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": QUERY_LIMIT_MAX}),
         ],
         responses={200: schemas.ConflictPageSerializer, **schemas.errors(400, 422)},
     )
@@ -74,6 +76,8 @@ class ResolveConflictView(NodeView):
         note = body.get("resolution_note") or ""
         if not isinstance(note, str):
             raise InputInvalid([field_error(["body", "resolution_note"], "must be a string", "string_type")])
+        if (problem := text_problem(note)) is not None:
+            raise InputInvalid([field_error(["body", "resolution_note"], problem, "string_unicode")])
         winner = resolve_conflict(
             self.caller,
             conflict_id,

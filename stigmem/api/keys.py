@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from stigmem.api import schemas
 from stigmem.api.base import NodeView
-from stigmem.keys import create_key_from_body, key_record, keys_visible_to, revoke_key
+from stigmem.keys import create_key_from_body, key_record, own_active_keys, revoke_key
 
 
 class KeysView(NodeView):
@@ -23,9 +23,10 @@ class KeysView(NodeView):
         issued = create_key_from_body(self.caller, request.data)
         return Response(key_record(issued.key, issued.raw_key if issued.generated else None), status=201)
 
-    @extend_schema(operation_id="list_api_keys", responses={200: schemas.KeyListSerializer, **schemas.errors()})
+    @extend_schema(operation_id="list_api_keys", responses={200: schemas.KeySerializer(many=True), **schemas.errors()})
     def get(self, request: Request) -> Response:
-        return Response({"keys": [key_record(key) for key in keys_visible_to(self.caller)[:1000]]})
+        # A bare array, like the reference: the caller identity's active keys.
+        return Response([key_record(key) for key in own_active_keys(self.caller)[:1000]])
 
 
 class KeyDetailView(NodeView):

@@ -82,7 +82,8 @@ class MeView(NodeView):
 def metrics_view(request: HttpRequest) -> HttpResponse:
     token = settings.STIGMEM_METRICS_TOKEN
     if token:
-        supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+        supplied = supplied.strip() if scheme.lower() == "bearer" else ""
         if not hmac.compare_digest(supplied.encode(), token.encode()):
             response = JsonResponse({"detail": "metrics token required"}, status=401)
             response["WWW-Authenticate"] = "Bearer"

@@ -6,9 +6,12 @@ API, batch ingestion and federation apply the same rules; these classes only doc
 
 from __future__ import annotations
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
+
+from stigmem.limits import MAX_RELATION_LENGTH, MAX_STRING_BYTES, MAX_URI_LENGTH, QUERY_LIMIT_MAX
+from stigmem.models import PERMISSIONS
 
 SCOPE_CHOICES = ["local", "team", "company", "public"]
 
@@ -27,20 +30,56 @@ class ValueSerializer(serializers.Serializer):
     interpret_as = serializers.ChoiceField(choices=["content", "instruction"], required=False)
 
 
+class ValueScheme(OpenApiSerializerExtension):
+    """A typed value (WIRE.md §2.2): the JSON type of ``v`` depends on ``type``, so one variant per type.
+
+    Enums are wrapped in ``allOf`` so that drf-spectacular's enum post-processing leaves them inline.
+    """
+
+    target_class = ValueSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        v_schemas = {
+            "string": {"type": "string"},
+            "text": {"type": "string"},
+            "number": {"type": "number"},
+            "boolean": {"type": "boolean"},
+            # Any ISO-8601 string is accepted, and echoed back as sent.
+            "datetime": {"type": "string", "format": "date-time"} if direction == "request" else {"type": "string"},
+            "ref": {"type": "string", "pattern": r"^[A-Za-z][A-Za-z0-9+.\-]*:\S+$", "maxLength": MAX_STRING_BYTES},
+            "null": {"nullable": True, "allOf": [{"enum": [None]}]},
+        }
+        interpret_as = {"allOf": [{"type": "string", "enum": ["content", "instruction"]}]}
+        variants = []
+        for name, v_schema in v_schemas.items():
+            # Requests may omit `interpret_as` (content) and a null `v`; responses always carry both.
+            if direction == "request":
+                required = ["type"] if name == "null" else ["type", "v"]
+            else:
+                required = ["type", "v", "interpret_as"]
+            properties = {
+                "type": {"allOf": [{"type": "string", "enum": [name]}]},
+                "v": v_schema,
+                "interpret_as": interpret_as,
+            }
+            variants.append({"type": "object", "properties": properties, "required": required})
+        return {"oneOf": variants}
+
+
 class DerivedFromSerializer(serializers.Serializer):
     fact_id = serializers.CharField(required=False)
     hash = serializers.CharField(required=False)
 
 
 class AssertSerializer(serializers.Serializer):
-    entity = serializers.CharField()
-    relation = serializers.CharField()
+    entity = serializers.CharField(max_length=MAX_URI_LENGTH)
+    relation = serializers.CharField(max_length=MAX_RELATION_LENGTH)
     value = ValueSerializer()
-    source = serializers.CharField()
+    source = serializers.CharField(max_length=MAX_URI_LENGTH)
     confidence = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
     scope = serializers.ChoiceField(choices=SCOPE_CHOICES, required=False)
     valid_until = serializers.DateTimeField(required=False, allow_null=True)
-    garden_id = serializers.CharField(required=False, allow_null=True)
+    garden_id = serializers.RegexField(r"^stigmem://[^/\s]+/garden/[^/\s]+$", required=False, allow_null=True)
     derived_from = DerivedFromSerializer(many=True, required=False)
 
 
@@ -133,10 +172,10 @@ class ResolvedSerializer(serializers.Serializer):
 
 
 class KeyCreateSerializer(serializers.Serializer):
-    raw_key = serializers.CharField(required=False, min_length=32)
-    entity_uri = serializers.CharField()
-    permissions = serializers.ListField(child=serializers.CharField())
-    description = serializers.CharField(required=False, allow_blank=True)
+    raw_key = serializers.CharField(required=False, min_length=32, max_length=512)
+    entity_uri = serializers.CharField(max_length=512)
+    permissions = serializers.ListField(child=serializers.ChoiceField(choices=PERMISSIONS), min_length=1)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=500)
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     tenant_id = serializers.CharField(required=False)
 
@@ -149,12 +188,8 @@ class KeySerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     tenant_id = serializers.CharField()
-    revoked = serializers.BooleanField()
+    oidc_sub = serializers.CharField(allow_null=True)
     api_key = serializers.CharField(required=False)
-
-
-class KeyListSerializer(serializers.Serializer):
-    keys = KeySerializer(many=True)
 
 
 class MeSerializer(serializers.Serializer):
@@ -219,11 +254,11 @@ FACT_QUERY_PARAMETERS = [
     OpenApiParameter("relation", str),
     OpenApiParameter("source", str),
     OpenApiParameter("scope", str, enum=SCOPE_CHOICES),
-    OpenApiParameter("min_confidence", float),
+    OpenApiParameter("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}),
     OpenApiParameter("include_contradicted", bool),
     OpenApiParameter("include_expired", bool),
     OpenApiParameter("after", str, description="ISO-8601 datetime"),
     OpenApiParameter("cursor", str),
-    OpenApiParameter("limit", int),
+    OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": QUERY_LIMIT_MAX}),
     OpenApiParameter("garden_id", str),
 ]

@@ -1,0 +1,350 @@
+"""Log consumers with durable cursors, and the coalesced on-commit kick (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import pydoc
+import threading
+
+import django_q.tasks
+import pytest
+from django.db import transaction
+from django_q.models import OrmQ
+
+from stigmem import events, logtail
+from stigmem.models import ConsumerCursor, Event, Fact
+
+NAME = "test-consumer"
+FACTS = ConsumerCursor.Log.FACTS
+EVENTS = ConsumerCursor.Log.EVENTS
+
+
+def fact_body(n: int) -> dict:
+    return {
+        "entity": f"stigmem://test/user/u{n}",
+        "relation": "memory:n",
+        "value": {"type": "number", "v": n},
+        "source": "stigmem://test/agent/writer",
+    }
+
+
+def write_facts(client, count: int, start: int = 0) -> list[int]:
+    response = client.post("/v1/facts/batch", {"facts": [fact_body(start + n) for n in range(count)]}, format="json")
+    assert response.status_code == 200
+    assert response.json()["accepted"] == count
+    return [Fact.objects.get(id=r["fact"]["id"]).seq for r in response.json()["results"]]
+
+
+class Recorder:
+    """A log handler that records what it was given, and can fail or write rows of its own."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.fail_next = 0
+        self.publish = False
+
+    def __call__(self, rows) -> None:
+        seqs = [row.seq for row in rows]
+        if self.publish:
+            for row in rows:
+                events.publish("default", events.TTP_TAGGED, {"handled": row.seq})
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("consumer crashed")
+        self.batches.append(seqs)
+
+    @property
+    def seen(self) -> list[int]:
+        return [seq for batch in self.batches for seq in batch]
+
+
+@pytest.fixture
+def only_test_consumers():
+    """Run with no consumer but the test's own; restore the app's consumers afterwards."""
+    saved = logtail.consumers()
+    for consumer in saved:
+        logtail.unregister(consumer.name, consumer.log)
+    yield
+    for consumer in logtail.consumers():
+        logtail.unregister(consumer.name, consumer.log)
+    for consumer in saved:
+        logtail.register(consumer.name, consumer.log, consumer.handler, consumer.batch_size)
+
+
+@pytest.fixture
+def recorder(only_test_consumers, db):
+    handler = Recorder()
+    logtail.register(NAME, FACTS, handler, batch_size=3)
+    yield handler
+    logtail.unregister(NAME, FACTS)
+
+
+def registered(name: str = NAME, log: str = FACTS) -> logtail.Consumer:
+    return next(c for c in logtail.consumers() if c.name == name and c.log == log)
+
+
+def cursor_position(name: str = NAME, log: str = FACTS) -> int:
+    row = ConsumerCursor.objects.filter(consumer=name, log=log).first()
+    return row.position if row else 0
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def test_register_and_unregister(only_test_consumers):
+    handler = Recorder()
+    logtail.register(NAME, FACTS, handler, batch_size=7)
+    consumer = registered()
+    assert (consumer.name, consumer.log, consumer.handler, consumer.batch_size) == (NAME, "facts", handler, 7)
+    logtail.register(NAME, EVENTS, handler)
+    assert {(c.name, c.log) for c in logtail.consumers()} == {(NAME, "facts"), (NAME, "events")}
+    logtail.unregister(NAME, FACTS)
+    logtail.unregister(NAME, EVENTS)
+    logtail.unregister(NAME, EVENTS)  # unregistering twice is harmless
+    assert logtail.consumers() == []
+
+
+def test_register_rejects_an_unknown_log(only_test_consumers):
+    with pytest.raises(ValueError, match="unknown log"):
+        logtail.register(NAME, "tweets", Recorder())
+    assert logtail.consumers() == []
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+def test_each_fact_once_in_seq_order_across_batches(client, recorder):
+    seqs = write_facts(client, 8)
+    consumer = registered()
+    sizes = []
+    while handled := logtail.run_batch(consumer):
+        sizes.append(handled)
+    assert sizes == [3, 3, 2]
+    assert recorder.batches == [seqs[0:3], seqs[3:6], seqs[6:8]]
+    assert recorder.seen == sorted(seqs)
+    assert cursor_position() == seqs[-1]
+    assert logtail.run_batch(consumer) == 0
+    assert len(recorder.batches) == 3
+
+    more = write_facts(client, 2, start=100)
+    assert logtail.run_batch(consumer) == 2
+    assert recorder.batches[-1] == more
+    assert recorder.seen == sorted(seqs + more)
+    assert cursor_position() == more[-1]
+
+
+def test_run_consumers_drains_every_batch(client, recorder):
+    seqs = write_facts(client, 10)
+    assert logtail.run_consumers() == 10
+    assert recorder.seen == seqs
+    assert [len(b) for b in recorder.batches] == [3, 3, 3, 1]
+    assert logtail.run_consumers() == 0
+    assert recorder.seen == seqs
+
+
+def test_a_crash_does_not_advance_the_cursor(client, recorder):
+    seqs = write_facts(client, 5)
+    consumer = registered()
+    assert logtail.run_batch(consumer) == 3
+    assert cursor_position() == seqs[2]
+
+    recorder.fail_next = 1
+    with pytest.raises(RuntimeError, match="consumer crashed"):
+        logtail.run_batch(consumer)
+    assert cursor_position() == seqs[2]
+    assert recorder.seen == seqs[:3]
+
+    # The next run re-delivers exactly the rows that failed.
+    assert logtail.run_batch(consumer) == 2
+    assert recorder.batches == [seqs[:3], seqs[3:]]
+    assert cursor_position() == seqs[-1]
+
+
+def test_run_consumers_survives_a_failing_consumer(client, recorder):
+    other = Recorder()
+    logtail.register("test-other", FACTS, other, batch_size=100)
+    try:
+        seqs = write_facts(client, 4)
+        recorder.fail_next = 1
+        handled = logtail.run_consumers()
+        # The failing consumer stopped at its cursor; the other one still ran.
+        assert recorder.seen == []
+        assert cursor_position() == 0
+        assert other.seen == seqs
+        assert handled == 4
+        assert logtail.run_consumers() == 4
+        assert recorder.seen == seqs
+        assert other.seen == seqs
+    finally:
+        logtail.unregister("test-other", FACTS)
+
+
+def test_rows_written_by_the_handler_commit_with_the_cursor(client, recorder):
+    seqs = write_facts(client, 3)
+    consumer = registered()
+    recorder.publish = True
+
+    recorder.fail_next = 1
+    with pytest.raises(RuntimeError):
+        logtail.run_batch(consumer)
+    # The handler's writes rolled back together with the batch.
+    assert not Event.objects.filter(topic=events.TTP_TAGGED).exists()
+    assert cursor_position() == 0
+
+    assert logtail.run_batch(consumer) == 3
+    handled = sorted(Event.objects.filter(topic=events.TTP_TAGGED).values_list("payload__handled", flat=True))
+    assert handled == seqs
+    assert cursor_position() == seqs[-1]
+
+
+def test_consumers_have_independent_cursors(client, recorder):
+    late = Recorder()
+    seqs = write_facts(client, 4)
+    logtail.run_consumers()
+    assert recorder.seen == seqs
+    logtail.register("test-late", FACTS, late, batch_size=50)
+    try:
+        assert logtail.run_batch(registered("test-late")) == 4
+        assert late.seen == seqs
+        assert cursor_position("test-late") == seqs[-1]
+    finally:
+        logtail.unregister("test-late", FACTS)
+
+
+def test_events_log_consumer(only_test_consumers, client):
+    handler = Recorder()
+    logtail.register(NAME, EVENTS, handler, batch_size=2)
+    try:
+        published = [events.publish("default", events.FACT_EXPIRED, {"n": n}).seq for n in range(3)]
+        write_facts(client, 2)  # facts are not events
+        consumer = registered(NAME, EVENTS)
+        while logtail.run_batch(consumer):
+            pass
+        assert handler.batches == [published[:2], published[2:]]
+        assert cursor_position(NAME, EVENTS) == published[-1]
+        assert cursor_position(NAME, FACTS) == 0
+    finally:
+        logtail.unregister(NAME, EVENTS)
+
+
+# --- the on-commit kick -------------------------------------------------------------------------
+
+
+class EnqueueRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def __call__(self, *args, **kwargs):
+        with self._changed:
+            self.calls.append((args, kwargs))
+            self._changed.notify_all()
+        return "task-id"
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.calls) >= count, timeout=timeout)
+
+
+@pytest.fixture
+def fresh_kicks(monkeypatch):
+    """A kick throttle with no history, so earlier tests cannot leave a window open."""
+    monkeypatch.setattr(logtail, "_throttle", logtail._KickThrottle())
+
+
+@pytest.fixture
+def enqueued(monkeypatch, fresh_kicks):
+    recorder = EnqueueRecorder()
+    monkeypatch.setattr(django_q.tasks, "async_task", recorder)
+    # A window long enough that a burst of commits certainly falls inside it.
+    monkeypatch.setattr(logtail, "KICK_WINDOW_S", 1.0)
+    return recorder
+
+
+def test_a_burst_of_commits_enqueues_one_kick_then_a_trailing_one(
+    client, recorder, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        for n in range(5):
+            assert client.post("/v1/facts", fact_body(n), format="json").status_code == 201
+        assert enqueued.calls == []  # nothing before commit
+    assert len(callbacks) >= 5
+    assert len(enqueued.calls) == 1
+    args, kwargs = enqueued.calls[0]
+    assert args == (logtail.KICK_TASK,)
+    assert kwargs["group"] == "logtail"
+    assert kwargs["sync"] is False
+
+    # After the window one trailing kick picks up the rest of the burst; only one.
+    assert enqueued.wait_for(2)
+    assert len(enqueued.calls) == 2
+    assert enqueued.calls[1][0] == (logtail.KICK_TASK,)
+
+    # The task the kick names runs the consumers.
+    task = pydoc.locate(enqueued.calls[0][0][0])
+    assert task is logtail.run_consumers
+    assert task() == 5
+    assert len(recorder.seen) == 5
+
+
+def test_a_single_commit_enqueues_one_kick_and_no_trailing_one(
+    client, recorder, enqueued, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/v1/facts", fact_body(1), format="json")
+    assert len(enqueued.calls) == 1
+    # A lone commit schedules no trailing kick.
+    assert not enqueued.wait_for(2, timeout=1.5)
+    assert len(enqueued.calls) == 1
+
+
+def test_no_kick_without_consumers(client, only_test_consumers, enqueued, django_capture_on_commit_callbacks):
+    assert logtail.consumers() == []
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        for n in range(3):
+            assert client.post("/v1/facts", fact_body(n), format="json").status_code == 201
+        events.publish("default", events.FACT_EXPIRED, {})
+    assert len(callbacks) >= 4  # the kicks ran ...
+    assert enqueued.calls == []  # ... and found nobody to wake
+
+
+def test_no_kick_for_a_rolled_back_write(recorder, enqueued, django_capture_on_commit_callbacks):
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(ZeroDivisionError),
+        transaction.atomic(),
+    ):
+        events.publish("default", events.FACT_EXPIRED, {})
+        1 / 0  # noqa: B018
+    assert callbacks == []
+    assert enqueued.calls == []
+    assert not Event.objects.exists()
+
+
+def test_the_kick_lands_in_the_orm_queue(client, recorder, fresh_kicks, django_capture_on_commit_callbacks):
+    before = OrmQ.objects.count()
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/v1/facts", fact_body(1), format="json")
+    queued = list(OrmQ.objects.all())
+    assert len(queued) == before + 1
+    task = queued[-1].task
+    assert task["func"] == logtail.KICK_TASK
+    assert task["group"] == "logtail"
+
+
+def test_a_broker_failure_never_fails_the_write(
+    client, recorder, fresh_kicks, monkeypatch, django_capture_on_commit_callbacks
+):
+    attempts = []
+
+    def broken(*args, **kwargs):
+        attempts.append(args)
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(django_q.tasks, "async_task", broken)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = client.post("/v1/facts", fact_body(1), format="json")
+    assert len(callbacks) >= 1
+    assert attempts == [(logtail.KICK_TASK,)]
+    assert response.status_code == 201
+    assert Fact.objects.filter(id=response.json()["id"]).exists()
