@@ -1,0 +1,152 @@
+"""Property-based API test: schemathesis against the node's own OpenAPI document (/v1/schema).
+
+Every operation of the document is exercised in-process through the WSGI app, authenticated as
+an admin of the default tenant, with a bounded, deterministic number of generated requests per
+operation. Each response must not be a server error and must conform to the document: a
+documented status code, the documented content type and a body that matches the schema.
+"""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from django.core.signals import request_finished, request_started
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from stigmem.fact_input import parse_fact_body
+from stigmem.facts import assert_facts
+from stigmem.keys import issue_key
+from stigmem.models import ApiKey, Conflict, Fact
+from tests.conftest import ALL_PERMISSIONS
+
+MAX_EXAMPLES = 25
+FUZZER = "stigmem://test/agent/fuzzer"
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+
+SEED_VALUES = [
+    {"type": "string", "v": "blue"},
+    {"type": "text", "v": 'caf\u00e9\n"q"'},
+    {"type": "number", "v": 42},
+    {"type": "number", "v": 0.5},
+    {"type": "boolean", "v": True},
+    {"type": "datetime", "v": "2026-05-14T12:34:56+00:00"},
+    {"type": "ref", "v": "stigmem://testnode/user/bob"},
+    {"type": "null"},
+]
+
+
+def seed_facts() -> None:
+    """Facts of every value type, conflicts, a retraction and an expired fact, so that reads
+    return real records (and their schemas get checked) rather than only empty pages."""
+    bodies = [
+        {
+            "entity": "stigmem://testnode/user/alice",
+            "relation": f"memory:field{index}",
+            "value": value,
+            "source": "stigmem://testnode/agent/seed",
+            "scope": "company",
+            "confidence": 0.9,
+            "derived_from": [{"hash": "sha256:" + "ab" * 32}],
+        }
+        for index, value in enumerate(SEED_VALUES)
+    ]
+    other = {"entity": "stigmem://testnode/user/alice", "relation": "memory:field0", "scope": "company"}
+    bodies += [
+        {**other, "value": {"type": "string", "v": "green"}, "source": "stigmem://testnode/agent/other"},
+        {**other, "value": {"type": "string", "v": "red"}, "source": "stigmem://testnode/agent/third"},
+        {**other, "value": {"type": "string", "v": "red"}, "source": "user:carol", "confidence": 0.0},
+        {
+            "entity": "user:dave",
+            "relation": "memory:visa",
+            "value": {"type": "string", "v": "expired"},
+            "source": "stigmem://testnode/agent/seed",
+            "valid_until": "2001-01-01T00:00:00Z",
+        },
+    ]
+    assert_facts("default", [parse_fact_body(body) for body in bodies])
+
+
+@pytest.fixture
+def in_process_requests():
+    """Keep the test's database connection open across in-process requests.
+
+    A WSGI request normally ends by closing connections that are inside a transaction, which
+    here is the test's own transaction; Django's test client disconnects this handler the same way.
+    """
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def admin_key(db, settings, in_process_requests) -> str:
+    # Thousands of requests from one key: the rate limiter must not answer 429 during the run.
+    settings.STIGMEM_RATE_LIMIT_READ_PER_S = 1e9
+    settings.STIGMEM_RATE_LIMIT_READ_BURST = 1e9
+    settings.STIGMEM_RATE_LIMIT_WRITE_PER_S = 1e9
+    settings.STIGMEM_RATE_LIMIT_WRITE_BURST = 1e9
+    seed_facts()
+    issue_key(tenant="default", entity_uri="stigmem://test/agent/other", permissions=["read"])  # one to revoke
+    return issue_key(tenant="default", entity_uri=FUZZER, permissions=ALL_PERMISSIONS).raw_key
+
+
+# Loaded at collection, like any schemathesis suite: serving the document touches no database.
+# (``schemathesis.pytest.from_fixture`` would load it inside the test, but schemathesis 4.32.5's
+# lazy loader uses ``Node._nodeid``, which pytest 9 no longer has.)
+schema = schemathesis.openapi.from_wsgi(
+    "/v1/schema",
+    get_wsgi_application(),
+    config=SchemathesisConfig.from_dict(
+        {"generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"}}
+    ),
+)
+
+
+def existing_ids(name: str) -> list[str]:
+    """Ids of stored objects for a path parameter (never the fuzzer's own key)."""
+    if name == "ref":
+        facts = list(Fact.objects.order_by("seq")[:4])
+        return [str(f.id) for f in facts] + [f.cid for f in facts]
+    if name == "conflict_id":
+        return [c.public_id for c in Conflict.objects.order_by("detected_at", "id")]
+    if name == "key_id":
+        others = ApiKey.objects.exclude(entity_uri=FUZZER).order_by("created_at")
+        return [str(key_id) for key_id in others.values_list("id", flat=True)]
+    return []
+
+
+@schema.hook
+def flatmap_path_parameters(context, path_parameters):
+    # Random ids only ever reach the 404 branch: mix in ids that exist so success responses get checked too.
+    choices = [path_parameters]
+    for name in path_parameters or {}:
+        choices += [{**path_parameters, name: known} for known in existing_ids(name)]
+    return st.sampled_from(choices)
+
+
+@schema.parametrize()
+# The admin key fixture is made once per operation and is meant to be shared by every example.
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_api_conforms_to_its_openapi_document(case, admin_key):
+    case.call_and_validate(headers={"Authorization": f"Bearer {admin_key}"}, checks=CHECKS)
