@@ -93,6 +93,17 @@ STIGMEM_WEB_WORKERS = int(env_number("STIGMEM_WEB_WORKERS", 2))
 STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 4))
 STIGMEM_Q_WORKERS = int(env_number("STIGMEM_Q_WORKERS", 2))
 STIGMEM_REDIS_URL = env_str("STIGMEM_REDIS_URL")
+# The node's Ed25519 signing key (raw 32-byte seed, base64url); generated and stored when unset.
+STIGMEM_NODE_SIGNING_KEY = env_str("STIGMEM_NODE_SIGNING_KEY")
+# Read-time prompt-injection detection on string/text values: warn (default), block or off.
+STIGMEM_SANITIZER_MODE = env_str("STIGMEM_SANITIZER_MODE", "warn").lower()
+if STIGMEM_SANITIZER_MODE not in {"warn", "block", "off"}:
+    raise ImproperlyConfigured(f"STIGMEM_SANITIZER_MODE must be warn, block or off, got {STIGMEM_SANITIZER_MODE!r}")
+STIGMEM_SANITIZER_EXTRA_PATTERNS_FILE = env_str("STIGMEM_SANITIZER_EXTRA_PATTERNS_FILE")
+# Audit rows older than this are pruned by a schedule; 0 keeps them forever.
+STIGMEM_AUDIT_RETENTION_DAYS = int(env_number("STIGMEM_AUDIT_RETENTION_DAYS", 365))
+# How stale another process's view of the tombstones may be; the creating process sees changes at once.
+STIGMEM_TOMBSTONE_CACHE_S = env_number("STIGMEM_TOMBSTONE_CACHE_S", 2.0, float)
 # Password of the `admin` login created on first start; generated and printed when unset.
 STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
 

@@ -66,7 +66,9 @@ class Fact(models.Model):
     source = models.CharField(max_length=MAX_URI_LENGTH)
     confidence = models.FloatField()
     scope = models.CharField(max_length=16)
-    garden = models.CharField(max_length=63, null=True, blank=True)
+    # The garden's id, not its slug: a garden deleted and re-created under the same slug must not
+    # expose the old garden's facts to the new members.
+    garden = models.UUIDField(null=True, blank=True)
     timestamp = models.DateTimeField()
     hlc = models.CharField(max_length=40)
     valid_until = models.CharField(max_length=64, null=True, blank=True)

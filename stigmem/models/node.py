@@ -11,6 +11,9 @@ class NodeIdentity(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
     node_id = models.CharField(max_length=255, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The node's Ed25519 private key (raw 32 bytes, base64url) when not given by
+    # STIGMEM_NODE_SIGNING_KEY: generated once, shared by every process through the database.
+    signing_key = models.CharField(max_length=64, blank=True, default="")
     # Set by a scheduled task on the qcluster: /healthz shows how long ago workers last ran.
     worker_heartbeat_at = models.DateTimeField(null=True, blank=True)
 
