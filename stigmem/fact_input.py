@@ -33,7 +33,9 @@ class FactInput:
     scope: str
     valid_until: str | None = None
     valid_until_at: datetime | None = None
-    garden: str | None = None
+    # The garden named by the body (its slug), resolved by facts.authorize into ``garden``.
+    garden_slug: str | None = None
+    garden: str = ""
     derived_from: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     cid: str = ""
@@ -50,8 +52,9 @@ class FactInput:
         )
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.entity, self.relation, self.scope)
+    def key(self) -> tuple[str, str, str, str]:
+        """The current-value key: (entity, relation, scope, garden)."""
+        return (self.entity, self.relation, self.scope, self.garden)
 
 
 def parse_garden_uri(raw: str) -> str | None:
@@ -176,7 +179,7 @@ def parse_fact_body(body: Any, loc: Sequence[str | int] = ("body",)) -> FactInpu
         scope=scope,
         valid_until=valid_until,
         valid_until_at=valid_until_at,
-        garden=garden,
+        garden_slug=garden,
         derived_from=derived_from,
         warnings=warnings,
     )

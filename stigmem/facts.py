@@ -15,15 +15,16 @@ from enum import StrEnum
 from django.db.models import Q
 from django.utils import timezone
 
-from stigmem import bulk, events, logtail, metrics
+from stigmem import audit, bulk, events, gardens, logtail, metrics
 from stigmem.auth import Caller
 from stigmem.clock import clock_transaction
-from stigmem.errors import forbidden, not_found
+from stigmem.errors import forbidden
 from stigmem.fact_input import FactInput
 from stigmem.models import Conflict, Fact, FactHead
 
-Key = tuple[str, str, str]  # (entity, relation, scope)
+Key = tuple[str, str, str, str]  # (entity, relation, scope, garden)
 _CHUNK = 500
+MAX_AUDITED_IDS = 20
 
 
 class Origin(StrEnum):
@@ -39,13 +40,16 @@ class AssertOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def authorize(caller: Caller, item: FactInput) -> None:
-    """May this caller write this fact? Raises 403/404 as WIRE.md §2.7 says."""
+def authorize(caller: Caller, item: FactInput, *, loc: Sequence[str | int] = ("body",)) -> None:
+    """May this caller write this fact? Raises 403/404/422 as WIRE.md §2.7 says.
+
+    A fact named into a garden needs the garden's writer or admin role and the garden's scope;
+    the garden is resolved here into ``item.garden``.
+    """
     if item.value.interpret_as == "instruction" and not caller.has("admin"):
         raise forbidden("admin permission required for interpret_as: instruction")
-    if item.garden is not None:
-        # Gardens arrive with the access issue; until then no garden exists on this node.
-        raise not_found("garden")
+    if item.garden_slug is not None:
+        item.garden = str(gardens.garden_for_write(caller, item.garden_slug, item.scope, loc=loc).id)
 
 
 def assert_facts(
@@ -54,6 +58,7 @@ def assert_facts(
     *,
     origin: Origin = Origin.LOCAL,
     record_conflicts: bool = True,
+    actor: str = "",
 ) -> list[AssertOutcome]:
     """Store validated facts in one transaction, in order; identical content is not duplicated.
 
@@ -62,6 +67,7 @@ def assert_facts(
     no current value. A fact that disagrees with the current value and comes from another
     source records a conflict; the same source changing its value supersedes silently.
     ``record_conflicts=False`` is for conflict resolution, whose new value settles the dispute.
+    ``actor`` (who asked) goes into the write's audit entry.
     """
     if not inputs:
         return []
@@ -70,17 +76,17 @@ def assert_facts(
         stored = _facts_by_cid(tenant, {item.cid for item in inputs})
         before = _current_heads(tenant, {item.key for item in inputs})
         # One object per row, so flags set below (contradicted) show in every outcome.
-        before = {key: stored.get(head.cid, head) for key, head in before.items()}
+        before = {key: stored.get((head.cid, head.garden), head) for key, head in before.items()}
         heads: dict[Key, Fact | None] = dict(before)
         new_facts: list[Fact] = []
         conflicts: list[Conflict] = []
         outcomes: list[AssertOutcome] = []
         for item in inputs:
-            fact = stored.get(item.cid)
+            fact = stored.get((item.cid, item.garden))
             created = fact is None
             if fact is None:
                 fact = _new_fact(tenant, item, seq=clock.next_fact_seq(), hlc=str(clock.tick()), now=now)
-                stored[item.cid] = fact
+                stored[(item.cid, item.garden)] = fact
                 new_facts.append(fact)
             current = heads.get(item.key)
             if item.confidence == 0.0:
@@ -108,6 +114,19 @@ def assert_facts(
                 Fact.objects.filter(id__in=older).update(contradicted=True)
             for conflict in conflicts:
                 events.emit(clock, tenant, events.CONFLICT_DETECTED, conflict_payload(conflict))
+        # One audit entry per write call (a batch is one entry), in the write's transaction.
+        audit.record(
+            tenant,
+            "fact_write",
+            actor=actor,
+            detail={
+                "origin": origin.value,
+                "created": len(new_facts),
+                "reasserted": len(inputs) - len(new_facts),
+                "conflicts": len(conflicts),
+                "fact_ids": [str(f.id) for f in new_facts[:MAX_AUDITED_IDS]],
+            },
+        )
         logtail.kick_on_commit()
 
     metrics.FACTS_WRITTEN.labels(origin=origin.value).inc(len(new_facts))
@@ -170,25 +189,38 @@ def _chunks(values: Iterable, size: int = _CHUNK) -> Iterable[list]:
         yield values[start : start + size]
 
 
-def _facts_by_cid(tenant: str, cids: set[str]) -> dict[str, Fact]:
-    found: dict[str, Fact] = {}
+# The two lookups every write makes run as raw SQL: compiling the equivalent querysets cost
+# more than the rest of a single-fact assert (docs/PERFORMANCE.md). ``raw()`` still builds
+# model instances through the backend's converters.
+def _placeholders(values: Sequence) -> str:
+    return ", ".join(["%s"] * len(values))
+
+
+def _facts_by_cid(tenant: str, cids: set[str]) -> dict[tuple[str, str], Fact]:
+    """Stored facts with these CIDs, by (cid, garden): each garden space dedups on its own."""
+    found: dict[tuple[str, str], Fact] = {}
     for chunk in _chunks(cids):
-        found.update((f.cid, f) for f in Fact.objects.filter(tenant=tenant, cid__in=chunk))
+        sql = f"SELECT * FROM {Fact._meta.db_table} WHERE tenant = %s AND cid IN ({_placeholders(chunk)})"
+        found.update(((f.cid, f.garden), f) for f in Fact.objects.raw(sql, [tenant, *chunk]))
     return found
 
 
 def _current_heads(tenant: str, keys: set[Key]) -> dict[Key, Fact]:
-    relations = {k[1] for k in keys}
-    scopes = {k[2] for k in keys}
+    relations = list({k[1] for k in keys})
+    scopes = list({k[2] for k in keys})
     heads: dict[Key, Fact] = {}
     for entities in _chunks({k[0] for k in keys}):
-        rows = FactHead.objects.filter(
-            tenant=tenant, entity__in=entities, relation__in=relations, scope__in=scopes
-        ).select_related("fact")
-        for head in rows:
-            key = (head.entity, head.relation, head.scope)
+        # A head's key is its fact's (entity, relation, scope, garden).
+        sql = (
+            "SELECT f.*"
+            f" FROM {FactHead._meta.db_table} h JOIN {Fact._meta.db_table} f ON f.id = h.fact_id"
+            f" WHERE h.tenant = %s AND h.entity IN ({_placeholders(entities)})"
+            f" AND h.relation IN ({_placeholders(relations)}) AND h.scope IN ({_placeholders(scopes)})"
+        )
+        for fact in Fact.objects.raw(sql, [tenant, *entities, *relations, *scopes]):
+            key = (fact.entity, fact.relation, fact.scope, fact.garden)
             if key in keys:
-                heads[key] = head.fact
+                heads[key] = fact
     return heads
 
 
@@ -199,11 +231,17 @@ def _id_of(fact: Fact | None) -> uuid.UUID | None:
 def _save_heads(tenant: str, before: dict[Key, Fact], after: dict[Key, Fact | None]) -> None:
     changed = {k: f for k, f in after.items() if _id_of(before.get(k)) != _id_of(f)}
     cleared = [k for k, f in changed.items() if f is None]
-    moved = [FactHead(tenant=tenant, entity=k[0], relation=k[1], scope=k[2], fact=f) for k, f in changed.items() if f]
+    moved = [(tenant, *k, f.id) for k, f in changed.items() if f]
     for chunk in _chunks(cleared, 100):
         match = Q()
-        for entity, relation, scope in chunk:
-            match |= Q(entity=entity, relation=relation, scope=scope)
+        for entity, relation, scope, garden in chunk:
+            match |= Q(entity=entity, relation=relation, scope=scope, garden=garden)
         FactHead.objects.filter(match, tenant=tenant).delete()
     if moved:
-        bulk.insert(moved, upsert_on=["tenant", "entity", "relation", "scope"], update=["fact"])
+        bulk.insert_values(
+            FactHead,
+            ["tenant", "entity", "relation", "scope", "garden", "fact"],
+            moved,
+            upsert_on=["tenant", "entity", "relation", "scope", "garden"],
+            update=["fact"],
+        )

@@ -9,9 +9,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from stigmem import audit
 from stigmem.auth import MIN_RAW_KEY_LENGTH, Caller, generate_raw_key, hash_key
 from stigmem.errors import ApiError, InputInvalid, field_error, forbidden, not_found
 from stigmem.models import PERMISSIONS, ApiKey
@@ -55,6 +56,19 @@ def issue_key(
                 description=description,
                 expires_at=expires_at,
                 created_by=created_by,
+            )
+            # Never the raw key, its prefix or its hash: the audit log is readable with audit.read.
+            audit.record(
+                tenant,
+                "api_key_created",
+                actor=created_by,
+                target=str(key.id),
+                detail={
+                    "key_id": str(key.id),
+                    "entity_uri": entity_uri,
+                    "permissions": key.permissions,
+                    "expires_at": expires_at.isoformat() if expires_at else None,
+                },
             )
     except IntegrityError:
         raise ApiError(409, "an API key with this value already exists") from None
@@ -150,14 +164,32 @@ def revocable_keys(caller: Caller):
     return keys if caller.has("admin") else keys.filter(entity_uri=caller.entity_uri)
 
 
+def revoke_keys(keys: QuerySet[ApiKey], *, actor: str) -> int:
+    """Revoke the active keys among ``keys``, each audited in the same transaction; returns how many."""
+    now = timezone.now()
+    revoked = 0
+    with transaction.atomic():
+        for key in keys.filter(revoked_at__isnull=True):
+            # Conditional, so a key revoked concurrently is neither revoked nor audited twice.
+            if ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now):
+                audit.record(
+                    key.tenant,
+                    "api_key_revoked",
+                    actor=actor,
+                    target=str(key.pk),
+                    detail={"key_id": str(key.pk), "entity_uri": key.entity_uri},
+                )
+                revoked += 1
+    return revoked
+
+
 def revoke_key(caller: Caller, raw_id: str) -> None:
     try:
         key_id = uuid.UUID(raw_id)
     except ValueError:
         raise not_found("API key") from None
-    keys = revocable_keys(caller)
-    updated = keys.filter(id=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    if not updated and not keys.filter(id=key_id).exists():
+    keys = revocable_keys(caller).filter(id=key_id)
+    if not revoke_keys(keys, actor=caller.entity_uri) and not keys.exists():
         raise not_found("API key")
 
 

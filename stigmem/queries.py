@@ -1,35 +1,50 @@
 """The read paths over facts: query with a keyset cursor, get by id or CID (WIRE.md §2.7).
 
-Every read of facts goes through ``visible_facts`` so that tenant isolation (and, later,
-garden membership and tombstones) is enforced in one place.
+Every read of facts starts from ``visible_facts``, the one place that enforces what a caller
+may see: its own tenant, gardens it is a member of, and no fact hidden by an active tombstone
+for the fact's own scope (or ``*``). Conflicts, deliveries and federation serving use it too.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from django.core import signing
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from stigmem import gardens, tombstones
 from stigmem.auth import Caller
 from stigmem.cid import is_cid
 from stigmem.errors import ApiError, InputInvalid, coded, field_error, not_found
 from stigmem.fact_input import SCOPES
 from stigmem.limits import QUERY_LIMIT_DEFAULT, QUERY_LIMIT_MAX
-from stigmem.models import Fact
+from stigmem.models import Fact, Tombstone
 from stigmem.normalize import normalize_query_uri
 from stigmem.values import parse_iso_datetime
 
+MAX_TOMBSTONE_NOTICES = 50
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 
+def readable_facts(caller: Caller) -> QuerySet[Fact]:
+    """The caller's tenant's facts outside gardens and in gardens it belongs to (tombstones aside)."""
+    rows = Fact.objects.filter(tenant=caller.tenant)
+    member_of = gardens.member_garden_ids(caller)
+    if member_of:
+        return rows.filter(Q(garden="") | Q(garden__in=[str(garden_id) for garden_id in member_of]))
+    return rows.filter(garden="")
+
+
 def visible_facts(caller: Caller) -> QuerySet[Fact]:
-    """Facts the caller may see: its tenant's, outside gardens."""
-    return Fact.objects.filter(tenant=caller.tenant, garden__isnull=True)
+    """Facts the caller may see: readable, and not suppressed by a tombstone."""
+    rows = readable_facts(caller)
+    suppressed = tombstones.suppression_q(caller.tenant)
+    return rows if suppressed is None else rows.exclude(suppressed)
 
 
 # --- cursors --------------------------------------------------------------------------------
@@ -91,7 +106,7 @@ class FactQuery:
     after: datetime | None = None
     before_seq: int | None = None
     limit: int = QUERY_LIMIT_DEFAULT
-    garden: str | None = None
+    garden_uri: str | None = None
 
 
 def parse_fact_query(params) -> FactQuery:
@@ -139,9 +154,7 @@ def parse_fact_query(params) -> FactQuery:
         if not isinstance(position.get("s"), int):
             raise coded(400, "cursor_invalid", "cursor is malformed or was not issued by this node")
         query.before_seq = position["s"]
-    if params.get("garden_id"):
-        # Gardens arrive with the access issue; until then no garden exists on this node.
-        raise not_found("garden")
+    query.garden_uri = params.get("garden_id") or None
     return query
 
 
@@ -149,11 +162,60 @@ def parse_fact_query(params) -> FactQuery:
 class FactPage:
     facts: list[Fact]
     cursor: str | None
+    # Set when tombstones removed matching facts: ``total`` is then null on the wire.
+    tombstoned: bool = False
+    tombstone_notices: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_fact_query(caller: Caller, query: FactQuery) -> FactPage:
     now = timezone.now()
-    rows = visible_facts(caller)
+    readable = readable_facts(caller)
+    if query.garden_uri is not None:
+        readable = readable.filter(garden=str(gardens.garden_for_query(caller, query.garden_uri).id))
+    matching = _filtered(readable, query, now)
+    suppressed = tombstones.suppression_q(caller.tenant)
+    rows = matching if suppressed is None else matching.exclude(suppressed)
+    if query.before_seq is not None:
+        rows = rows.filter(seq__lt=query.before_seq)
+    page = list(rows.order_by("-seq")[: query.limit + 1])
+    cursor = None
+    if len(page) > query.limit:
+        page = page[: query.limit]
+        cursor = encode_cursor("facts", {"s": page[-1].seq})
+    result = FactPage(page, cursor)
+    if suppressed is not None:
+        _note_tombstones(caller, query, matching.filter(suppressed), result)
+    return result
+
+
+def _note_tombstones(caller: Caller, query: FactQuery, hidden: QuerySet[Fact], page: FactPage) -> None:
+    """Say when tombstones removed results; name them to admins and to whoever asked for that entity.
+
+    Other callers learn only that something was removed (``total`` null): listing the tombstoned
+    entity URIs to them would defeat the erasure the tombstone stands for.
+    """
+    pairs = set(hidden.values_list("entity", "scope").distinct()[:MAX_TOMBSTONE_NOTICES])
+    if not pairs:
+        return
+    page.tombstoned = True
+    if not (caller.has("admin") or query.entity is not None):
+        return
+    entities = {entity for entity, _ in pairs}
+    for tombstone in Tombstone.objects.filter(
+        tenant=caller.tenant, entity_uri__in=entities, revocation__isnull=True
+    ).order_by("created_at"):
+        if tombstone.scope == "*" or (tombstone.entity_uri, tombstone.scope) in pairs:
+            page.tombstone_notices.append(
+                {
+                    "entity_uri": tombstone.entity_uri,
+                    "tombstone_id": tombstone.id,
+                    "legal_hold": tombstone.legal_hold,
+                    "tombstone_created_at": tombstone.created_at_text,
+                }
+            )
+
+
+def _filtered(rows: QuerySet[Fact], query: FactQuery, now: datetime) -> QuerySet[Fact]:
     if query.entity is not None:
         rows = rows.filter(entity=query.entity)
     if query.relation is not None:
@@ -170,14 +232,7 @@ def run_fact_query(caller: Caller, query: FactQuery) -> FactPage:
         rows = rows.filter(Q(valid_until_at__isnull=True) | Q(valid_until_at__gt=now), expired_at__isnull=True)
     if query.after is not None:
         rows = rows.filter(timestamp__gt=query.after)
-    if query.before_seq is not None:
-        rows = rows.filter(seq__lt=query.before_seq)
-    page = list(rows.order_by("-seq")[: query.limit + 1])
-    cursor = None
-    if len(page) > query.limit:
-        page = page[: query.limit]
-        cursor = encode_cursor("facts", {"s": page[-1].seq})
-    return FactPage(page, cursor)
+    return rows
 
 
 def get_fact(caller: Caller, ref: str) -> Fact:

@@ -40,3 +40,4 @@ def ensure_schedules() -> list[str]:
 
 register("stigmem.heartbeat", "stigmem.tasks.heartbeat", minutes=1)
 register("stigmem.sweep_logs", "stigmem.tasks.sweep_logs", minutes=1)
+register("stigmem.prune_audit", "stigmem.tasks.prune_audit", minutes=1440)

@@ -248,6 +248,10 @@ SPECTACULAR_SETTINGS = {
     # Serve the docs page's assets from the node itself: it must work without internet access.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "FactScopeEnum": ["local", "team", "company", "public"],
+        "TombstoneScopeEnum": ["local", "team", "company", "public", "*"],
+    },
 }
 
 # --- background work (django-q2) ------------------------------------------------------------

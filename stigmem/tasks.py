@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from stigmem import logtail
+from stigmem import audit, logtail
 from stigmem.models import NodeIdentity
 from stigmem.node import ensure_identity
 
@@ -18,3 +18,8 @@ def heartbeat() -> None:
 def sweep_logs() -> int:
     """Safety net for the on-commit kicks: run every log consumer until caught up."""
     return logtail.run_consumers(budget_s=50.0)
+
+
+def prune_audit() -> int:
+    """Delete audit rows past STIGMEM_AUDIT_RETENTION_DAYS."""
+    return audit.prune_audit()

@@ -9,8 +9,11 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from stigmem.audit import auth_failures
 from stigmem.keys import issue_key
 from stigmem.ratelimit import buckets
+from stigmem.signing import clear_cache as clear_signing_key_cache
+from stigmem.tombstones import clear_cache as clear_tombstone_cache
 
 ALL_PERMISSIONS = ["read", "write", "federate", "admin", "admin:federation", "audit.read"]
 
@@ -34,6 +37,25 @@ def _fresh_rate_limits():
     buckets.reset()
     yield
     buckets.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_auth_failure_counts():
+    # Each test starts with no counted failures, and no flush timer outlives the test that armed it.
+    auth_failures.reset()
+    yield
+    auth_failures.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tombstones_and_node_key():
+    # Each test's database starts without tombstones or a stored key: nothing an earlier test
+    # cached in this process may answer for it.
+    clear_tombstone_cache()
+    clear_signing_key_cache()
+    yield
+    clear_tombstone_cache()
+    clear_signing_key_cache()
 
 
 @pytest.fixture

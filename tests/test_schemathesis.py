@@ -8,6 +8,8 @@ documented status code, the documented content type and a body that matches the 
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import schemathesis
 from django.core.signals import request_finished, request_started
@@ -25,10 +27,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from stigmem.auth import Caller
 from stigmem.fact_input import parse_fact_body
 from stigmem.facts import assert_facts
+from stigmem.gardens import add_member_from_body, create_garden_from_body
 from stigmem.keys import issue_key
-from stigmem.models import ApiKey, Conflict, Fact
+from stigmem.models import ApiKey, Conflict, Fact, Tombstone
+from stigmem.tombstones import create_tombstone
 from tests.conftest import ALL_PERMISSIONS
 
 MAX_EXAMPLES = 25
@@ -85,6 +90,26 @@ def seed_facts() -> None:
     assert_facts("default", [parse_fact_body(body) for body in bodies])
 
 
+SEED_GARDEN = "seed"
+SEED_MEMBERS = [("stigmem://testnode/agent/writer", "writer"), ("user:reader", "reader")]
+
+
+def seed_gardens() -> None:
+    """A garden the fuzzer administers, with a writer and a reader, so member routes reach their success paths."""
+    owner = Caller(FUZZER, "default", frozenset(ALL_PERMISSIONS))
+    create_garden_from_body(owner, {"slug": SEED_GARDEN, "name": "Seed", "scope": "company"})
+    for entity_uri, role in SEED_MEMBERS:
+        add_member_from_body(owner, SEED_GARDEN, {"entity_uri": entity_uri, "role": role})
+
+
+SEED_TOMBSTONED = "stigmem://testnode/user/forgotten"
+
+
+def seed_tombstones() -> None:
+    """An active tombstone, so the status and revoke routes reach their success paths."""
+    create_tombstone(tenant="default", entity_uri=SEED_TOMBSTONED, scope="*", actor=FUZZER)
+
+
 @pytest.fixture
 def in_process_requests():
     """Keep the test's database connection open across in-process requests.
@@ -107,6 +132,8 @@ def admin_key(db, settings, in_process_requests) -> str:
     settings.STIGMEM_RATE_LIMIT_WRITE_PER_S = 1e9
     settings.STIGMEM_RATE_LIMIT_WRITE_BURST = 1e9
     seed_facts()
+    seed_gardens()
+    seed_tombstones()
     issue_key(tenant="default", entity_uri="stigmem://test/agent/other", permissions=["read"])  # one to revoke
     return issue_key(tenant="default", entity_uri=FUZZER, permissions=ALL_PERMISSIONS).raw_key
 
@@ -130,6 +157,16 @@ def existing_ids(name: str) -> list[str]:
         return [str(f.id) for f in facts] + [f.cid for f in facts]
     if name == "conflict_id":
         return [c.public_id for c in Conflict.objects.order_by("detected_at", "id")]
+    # Constants, not queries: examples delete gardens and members, and hypothesis needs the same choices every time.
+    if name == "garden":
+        return [SEED_GARDEN]
+    if name == "member_uri":
+        return [FUZZER, *(entity_uri for entity_uri, _ in SEED_MEMBERS)]
+    if name == "tombstone_id":
+        # Stable within a test: tombstones are revoked, never deleted.
+        return list(Tombstone.objects.order_by("created_at", "id").values_list("id", flat=True))
+    if name == "entity_uri":
+        return [SEED_TOMBSTONED]
     if name == "key_id":
         others = ApiKey.objects.exclude(entity_uri=FUZZER).order_by("created_at")
         return [str(key_id) for key_id in others.values_list("id", flat=True)]
@@ -140,8 +177,12 @@ def existing_ids(name: str) -> list[str]:
 def flatmap_path_parameters(context, path_parameters):
     # Random ids only ever reach the 404 branch: mix in ids that exist so success responses get checked too.
     choices = [path_parameters]
-    for name in path_parameters or {}:
-        choices += [{**path_parameters, name: known} for known in existing_ids(name)]
+    known = {name: existing_ids(name) for name in path_parameters or {}}
+    for name, ids in known.items():
+        choices += [{**path_parameters, name: value} for value in ids]
+    if len(known) > 1 and all(known.values()):
+        # Several ids in one path (a garden and one of its members): every combination of existing ones too.
+        choices += [dict(zip(known, values, strict=True)) for values in itertools.product(*known.values())]
     return st.sampled_from(choices)
 
 

@@ -1,3 +1,3 @@
 """The operator console: one module per area, each registering its models."""
 
-from stigmem.admin import core  # noqa: F401
+from stigmem.admin import audit, core, gardens, tombstones  # noqa: F401

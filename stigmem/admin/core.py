@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from stigmem.keys import default_expiry, issue_key
+from stigmem.keys import default_expiry, issue_key, revoke_keys
 from stigmem.models import PERMISSIONS, ApiKey, Conflict, Fact, NodeClock, NodeIdentity
 from stigmem.normalize import UriInvalid, normalize_uri
 
@@ -173,7 +173,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke_keys(self, request: HttpRequest, queryset) -> None:
-        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        count = revoke_keys(queryset, actor=f"admin:{request.user.get_username()}")
         self.message_user(request, f"Revoked {count} key(s).")
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:

@@ -14,7 +14,7 @@ from stigmem.errors import InputInvalid, field_error
 from stigmem.limits import QUERY_LIMIT_MAX
 from stigmem.models import Conflict
 from stigmem.queries import parse_limit, visible_facts
-from stigmem.records import fact_record
+from stigmem.records import fact_record, garden_uris_of
 from stigmem.values import text_problem
 
 
@@ -42,10 +42,11 @@ class ConflictsView(NodeView):
         fact_ids = {c.fact_a_id for c in page.conflicts} | {c.fact_b_id for c in page.conflicts}
         visible = {f.id: f for f in visible_facts(self.caller).filter(id__in=fact_ids)}
         now = timezone.now()
+        uris = garden_uris_of(visible.values())
 
         def record(fact_id):
             fact = visible.get(fact_id)
-            return fact_record(fact, now=now) if fact is not None else None
+            return fact_record(fact, now=now, garden_uris=uris) if fact is not None else None
 
         conflicts = [
             {

@@ -18,7 +18,7 @@ from stigmem.fact_input import FactInput, parse_fact_body
 from stigmem.facts import assert_facts, authorize
 from stigmem.limits import MAX_BATCH_FACTS
 from stigmem.queries import get_fact, parse_fact_query, run_fact_query
-from stigmem.records import fact_record
+from stigmem.records import fact_record, garden_uris_of
 
 
 class FactsView(NodeView):
@@ -32,7 +32,7 @@ class FactsView(NodeView):
     def post(self, request: Request) -> Response:
         item = parse_fact_body(request.data)
         authorize(self.caller, item)
-        outcome = assert_facts(self.caller.tenant, [item])[0]
+        outcome = assert_facts(self.caller.tenant, [item], actor=self.caller.entity_uri)[0]
         return Response(fact_record(outcome.fact, warnings=outcome.warnings), status=201)
 
     @extend_schema(
@@ -43,10 +43,18 @@ class FactsView(NodeView):
     def get(self, request: Request) -> Response:
         page = run_fact_query(self.caller, parse_fact_query(request.query_params))
         now = timezone.now()
-        records = [fact_record(fact, now=now) for fact in page.facts]
+        uris = garden_uris_of(page.facts)
+        records = [fact_record(fact, now=now, garden_uris=uris) for fact in page.facts]
         metrics.FACTS_READ.inc(len(records))
-        body = {"facts": records, "total": len(records), "cursor": page.cursor, "tombstone_notices": []}
-        return Response(body, headers={"X-Total-Count": str(len(records))})
+        body = {
+            "facts": records,
+            # Like the reference: no count when tombstones removed results (no existence oracle).
+            "total": None if page.tombstoned else len(records),
+            "cursor": page.cursor,
+            "tombstone_notices": page.tombstone_notices,
+        }
+        headers = {} if page.tombstoned else {"X-Total-Count": str(len(records))}
+        return Response(body, headers=headers)
 
 
 class FactBatchView(NodeView):
@@ -75,7 +83,7 @@ class FactBatchView(NodeView):
         for index, raw in enumerate(raw_facts):
             try:
                 item = parse_fact_body(raw, ("body", "facts", index))
-                authorize(self.caller, item)
+                authorize(self.caller, item, loc=("body", "facts", index))
             except ApiError as exc:
                 rejected[index] = exc
             else:
@@ -83,11 +91,12 @@ class FactBatchView(NodeView):
         if atomic and rejected:
             raise InputInvalid([entry for index, exc in rejected.items() for entry in _as_entries(index, exc)])
 
-        outcomes = assert_facts(self.caller.tenant, [item for _, item in accepted])
+        outcomes = assert_facts(self.caller.tenant, [item for _, item in accepted], actor=self.caller.entity_uri)
         results: list[dict[str, Any] | None] = [None] * len(raw_facts)
         now = timezone.now()
+        uris = garden_uris_of(outcome.fact for outcome in outcomes)
         for (index, _), outcome in zip(accepted, outcomes, strict=True):
-            record = fact_record(outcome.fact, warnings=outcome.warnings, now=now)
+            record = fact_record(outcome.fact, warnings=outcome.warnings, now=now, garden_uris=uris)
             results[index] = {"index": index, "status": 201, "fact": record, "error": None}
         for index, exc in rejected.items():
             results[index] = {"index": index, "status": exc.status, "fact": None, "error": exc.body()}

@@ -113,11 +113,18 @@ class FactRecordSerializer(serializers.Serializer):
     expired = serializers.BooleanField()
 
 
+class TombstoneNoticeSerializer(serializers.Serializer):
+    entity_uri = serializers.CharField()
+    tombstone_id = serializers.CharField()
+    legal_hold = serializers.BooleanField()
+    tombstone_created_at = serializers.CharField()
+
+
 class FactPageSerializer(serializers.Serializer):
     facts = FactRecordSerializer(many=True)
     total = serializers.IntegerField(allow_null=True)
     cursor = serializers.CharField(allow_null=True)
-    tombstone_notices = serializers.ListField(child=serializers.DictField())
+    tombstone_notices = TombstoneNoticeSerializer(many=True)
 
 
 class BatchSerializer(serializers.Serializer):
@@ -261,4 +268,33 @@ FACT_QUERY_PARAMETERS = [
     OpenApiParameter("cursor", str),
     OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": QUERY_LIMIT_MAX}),
     OpenApiParameter("garden_id", str),
+]
+
+
+class AuditEntrySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    event_type = serializers.CharField()
+    actor = serializers.CharField(allow_blank=True)
+    target = serializers.CharField(allow_blank=True)
+    detail = serializers.DictField()
+    tenant_id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    entity_uri = serializers.CharField(allow_blank=True, help_text="the reference node's name for `actor`")
+    ts = serializers.DateTimeField(help_text="the reference node's name for `created_at`")
+
+
+class AuditPageSerializer(serializers.Serializer):
+    entries = AuditEntrySerializer(many=True)
+    cursor = serializers.CharField(allow_null=True)
+    next_cursor = serializers.CharField(allow_null=True, help_text="the reference node's name for `cursor`")
+    total = serializers.IntegerField(help_text="entries on this page (the reference's meaning)")
+
+
+AUDIT_QUERY_PARAMETERS = [
+    OpenApiParameter("since", str, description="ISO-8601 datetime; entries created at or after it"),
+    OpenApiParameter("until", str, description="ISO-8601 datetime; entries created at or before it"),
+    OpenApiParameter("event_type", str),
+    OpenApiParameter("principal", str, description="exact actor"),
+    OpenApiParameter("cursor", str),
+    OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": QUERY_LIMIT_MAX}),
 ]

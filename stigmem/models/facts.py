@@ -66,9 +66,10 @@ class Fact(models.Model):
     source = models.CharField(max_length=MAX_URI_LENGTH)
     confidence = models.FloatField()
     scope = models.CharField(max_length=16)
-    # The garden's id, not its slug: a garden deleted and re-created under the same slug must not
-    # expose the old garden's facts to the new members.
-    garden = models.UUIDField(null=True, blank=True)
+    # The garden's id as text ("" outside gardens), not its slug: a garden deleted and re-created
+    # under the same slug must not expose the old garden's facts to the new members. Not NULL, so
+    # that it can be part of unique keys on every database.
+    garden = models.CharField(max_length=36, blank=True, default="")
     timestamp = models.DateTimeField()
     hlc = models.CharField(max_length=40)
     valid_until = models.CharField(max_length=64, null=True, blank=True)
@@ -87,7 +88,9 @@ class Fact(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "cid"], name="fact_unique_cid_per_tenant"),
+            # Identical content is one fact per garden space: the same CID inside a garden and
+            # outside it are two facts (dedup must not reveal or leak across the boundary).
+            models.UniqueConstraint(fields=["tenant", "cid", "garden"], name="fact_unique_cid_per_space"),
         ]
         indexes = [
             models.Index(fields=["tenant", "seq"], name="fact_tenant_seq"),
@@ -114,11 +117,16 @@ class FactHead(models.Model):
     entity = models.CharField(max_length=MAX_URI_LENGTH)
     relation = models.CharField(max_length=MAX_RELATION_LENGTH)
     scope = models.CharField(max_length=16)
+    # The garden's id as text, "" outside gardens (not NULL: a unique key must treat it as a value).
+    # A fact written into a garden never replaces or disputes the value outside it.
+    garden = models.CharField(max_length=36, blank=True, default="")
     fact = models.OneToOneField(Fact, on_delete=models.CASCADE, related_name="head")
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "entity", "relation", "scope"], name="facthead_unique_key"),
+            models.UniqueConstraint(
+                fields=["tenant", "entity", "relation", "scope", "garden"], name="facthead_unique_key"
+            ),
         ]
 
     def __str__(self) -> str:

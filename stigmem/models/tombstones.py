@@ -33,7 +33,7 @@ class Tombstone(models.Model):
 
 
 class TombstoneRevocation(models.Model):
-    id = models.CharField(primary_key=True, max_length=48)  # "tombrev_<uuid4>"
+    id = models.CharField(primary_key=True, max_length=48)  # "tombrevoke_<uuid4>", the reference's prefix
     tombstone = models.OneToOneField(Tombstone, on_delete=models.PROTECT, related_name="revocation")
     reason = models.TextField(blank=True, default="")
     revoked_by = models.CharField(max_length=MAX_URI_LENGTH)

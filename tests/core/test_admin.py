@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
 from django.test import Client, RequestFactory
@@ -21,6 +22,7 @@ from stigmem.auth import hash_key
 from stigmem.models import ApiKey, Conflict, Fact, NodeIdentity
 from stigmem.node import ensure_identity
 from stigmem.schedules import ensure_schedules
+from stigmem.tombstones import create_tombstone, revoke_tombstone
 
 
 @pytest.fixture
@@ -50,6 +52,10 @@ def populated(client, superuser):
             format="json",
         )
         assert response.status_code == 201
+    garden = client.post("/v1/gardens", {"slug": "ops", "name": "Operations"}, format="json")
+    assert garden.status_code == 201, garden.content
+    tombstone, _ = create_tombstone(tenant="default", entity_uri="stigmem://test/user/gone", scope="*", actor="test")
+    revoke_tombstone(tenant="default", tombstone_id=tombstone.id, reason="lifted", actor="test")
     ensure_identity()
     ensure_schedules()
     get_user_model().objects.create_user("someone", password="another-long-password")
@@ -85,7 +91,8 @@ def registered():
 
 
 def url(model, page: str, *args) -> str:
-    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=args)
+    # Quoted like the admin's own links: a pk such as "tomb_25..." would otherwise be unquoted to another one.
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=[quote(str(a)) for a in args])
 
 
 def test_admin_index_lists_the_core_models(browser):

@@ -87,8 +87,10 @@ class Command(BaseCommand):
             "--graceful-timeout", "15",
             # The control socket lives at one per-user path: two nodes on a host would collide.
             "--no-control-socket",
-            "--access-logfile", "-" if settings.DEBUG else "/dev/null",
         ]  # fmt: skip
+        if settings.DEBUG:
+            # Only then: an access log, even one sent to /dev/null, formats a line per request.
+            command += ["--access-logfile", "-"]
         return subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, start_new_session=True)
 
     def _supervise(self, children: dict[str, subprocess.Popen]) -> int:
