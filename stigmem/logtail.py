@@ -100,13 +100,16 @@ def run_consumers(budget_s: float = 10.0) -> int:
 
 
 class _KickThrottle:
-    def __init__(self) -> None:
+    """Leading- and trailing-edge coalescing of kicks; ``enqueue`` defaults to the log consumers' task."""
+
+    def __init__(self, enqueue: Callable[[], None] | None = None) -> None:
+        self._enqueue = enqueue
         self._lock = threading.Lock()
         self._last = 0.0
         self._trailing: threading.Timer | None = None
 
     def kick(self) -> None:
-        if not _consumers:
+        if self._enqueue is None and not _consumers:
             return
         with self._lock:
             wait = self._last + KICK_WINDOW_S - time.monotonic()
@@ -120,17 +123,20 @@ class _KickThrottle:
                     self._trailing.daemon = True
                     self._trailing.start()
         if fire_now:
-            _enqueue()
+            self._fire()
 
     def _fire_trailing(self) -> None:
         with self._lock:
             self._trailing = None
             self._last = time.monotonic()
         try:
-            _enqueue()
+            self._fire()
         finally:
             # This timer thread is about to end; don't leave its database connection behind.
             connections.close_all()
+
+    def _fire(self) -> None:
+        (self._enqueue or _enqueue)()
 
 
 def _enqueue() -> None:

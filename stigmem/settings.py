@@ -89,8 +89,10 @@ STIGMEM_RATE_LIMIT_WRITE_BURST = env_number("STIGMEM_RATE_LIMIT_WRITE_BURST", 10
 STIGMEM_RATE_LIMIT_READ_PER_S = env_number("STIGMEM_RATE_LIMIT_READ_PER_S", 1000.0, float)
 STIGMEM_RATE_LIMIT_READ_BURST = env_number("STIGMEM_RATE_LIMIT_READ_BURST", 2000.0, float)
 STIGMEM_BIND = env_str("STIGMEM_BIND", "127.0.0.1:8765")
-STIGMEM_WEB_WORKERS = int(env_number("STIGMEM_WEB_WORKERS", 2))
-STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 4))
+# Processes over threads: on 2 cores, 4 x 1 served 1.5-2.5x the requests of 2 x 4, whose threads
+# contended for the GIL while one of them held the write lock (docs/PERFORMANCE.md).
+STIGMEM_WEB_WORKERS = int(env_number("STIGMEM_WEB_WORKERS", 4))
+STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 1))
 STIGMEM_Q_WORKERS = int(env_number("STIGMEM_Q_WORKERS", 2))
 STIGMEM_REDIS_URL = env_str("STIGMEM_REDIS_URL")
 # The node's Ed25519 signing key (raw 32-byte seed, base64url); generated and stored when unset.
@@ -104,6 +106,23 @@ STIGMEM_SANITIZER_EXTRA_PATTERNS_FILE = env_str("STIGMEM_SANITIZER_EXTRA_PATTERN
 STIGMEM_AUDIT_RETENTION_DAYS = int(env_number("STIGMEM_AUDIT_RETENTION_DAYS", 365))
 # How stale another process's view of the tombstones may be; the creating process sees changes at once.
 STIGMEM_TOMBSTONE_CACHE_S = env_number("STIGMEM_TOMBSTONE_CACHE_S", 2.0, float)
+# Subscriptions and webhook delivery (WIRE.md §5).
+STIGMEM_WEBHOOK_ALLOW_PRIVATE = env_bool("STIGMEM_WEBHOOK_ALLOW_PRIVATE", False)
+STIGMEM_SUBSCRIPTION_REPLAY_S = int(env_number("STIGMEM_SUBSCRIPTION_REPLAY_S", 86400))
+STIGMEM_SUBSCRIPTION_CIRCUIT_THRESHOLD = int(env_number("STIGMEM_SUBSCRIPTION_CIRCUIT_THRESHOLD", 10))
+STIGMEM_SUBSCRIPTION_DISABLE_AFTER_S = int(env_number("STIGMEM_SUBSCRIPTION_DISABLE_AFTER_S", 5 * 86400))
+# Seconds between attempts; after the last one a delivery is `failed` (dead letter, replayable).
+_DEFAULT_RETRY_SCHEDULE = "5,30,120,600,1800,3600,7200,14400,28800,43200"
+try:
+    STIGMEM_SUBSCRIPTION_RETRY_SCHEDULE = [
+        int(x) for x in env_str("STIGMEM_SUBSCRIPTION_RETRY_SCHEDULE", _DEFAULT_RETRY_SCHEDULE).split(",")
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured("STIGMEM_SUBSCRIPTION_RETRY_SCHEDULE must be comma-separated seconds") from exc
+STIGMEM_WEBHOOK_TIMEOUT_S = env_number("STIGMEM_WEBHOOK_TIMEOUT_S", 10.0, float)
+STIGMEM_DELIVERY_CONCURRENCY = int(env_number("STIGMEM_DELIVERY_CONCURRENCY", 16))
+# Where `wake` subscriptions write their JSON lines: "-" is stderr, else a file path.
+STIGMEM_WAKE_LOG = env_str("STIGMEM_WAKE_LOG", "-")
 # Password of the `admin` login created on first start; generated and printed when unset.
 STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
 
@@ -145,6 +164,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_q",
     "stigmem.apps.StigmemConfig",
+    "subscriptions.apps.SubscriptionsConfig",
 ]
 
 MIDDLEWARE = [
@@ -251,6 +271,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "FactScopeEnum": ["local", "team", "company", "public"],
         "TombstoneScopeEnum": ["local", "team", "company", "public", "*"],
+        "SubscriptionStatusEnum": ["active", "paused", "disabled"],
+        "ConflictStatusEnum": ["unresolved", "resolved"],
     },
 }
 

@@ -15,6 +15,7 @@ import schemathesis
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
+from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -34,6 +35,8 @@ from stigmem.gardens import add_member_from_body, create_garden_from_body
 from stigmem.keys import issue_key
 from stigmem.models import ApiKey, Conflict, Fact, Tombstone
 from stigmem.tombstones import create_tombstone
+from subscriptions.models import Delivery, Subscription
+from subscriptions.service import new_signing_secret
 from tests.conftest import ALL_PERMISSIONS
 
 MAX_EXAMPLES = 25
@@ -110,6 +113,40 @@ def seed_tombstones() -> None:
     create_tombstone(tenant="default", entity_uri=SEED_TOMBSTONED, scope="*", actor=FUZZER)
 
 
+SEED_SUBSCRIPTION = "5eed0000-0000-4000-8000-000000000001"
+SEED_EVENT = "5eed0000-0000-4000-8000-000000000002"
+
+
+def seed_subscriptions() -> None:
+    """A subscription of the fuzzer with one failed event, so its routes reach their success paths."""
+    now = timezone.now()
+    subscription = Subscription.objects.create(
+        id=SEED_SUBSCRIPTION,
+        tenant="default",
+        subscriber_identity=FUZZER,
+        target="company",
+        target_kind=Subscription.Kind.SCOPE,
+        match_key="company",
+        on_change=Subscription.OnChange.WEBHOOK,
+        delivery_address="https://hooks.example.com/in",
+        created_at=now,
+        signing_secret=new_signing_secret(),
+    )
+    Delivery.objects.create(
+        id=SEED_EVENT,
+        subscription=subscription,
+        tenant="default",
+        event_type="fact_asserted",
+        topic="fact.asserted",
+        fact=Fact.objects.order_by("seq").first(),
+        created_at=now,
+        next_attempt_at=now,
+        status=Delivery.Status.FAILED,
+        attempts=10,
+        last_error="HTTP 500",
+    )
+
+
 @pytest.fixture
 def in_process_requests():
     """Keep the test's database connection open across in-process requests.
@@ -134,6 +171,9 @@ def admin_key(db, settings, in_process_requests) -> str:
     seed_facts()
     seed_gardens()
     seed_tombstones()
+    seed_subscriptions()
+    # Generated webhook hosts must not be looked up in real DNS.
+    settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE = True
     issue_key(tenant="default", entity_uri="stigmem://test/agent/other", permissions=["read"])  # one to revoke
     return issue_key(tenant="default", entity_uri=FUZZER, permissions=ALL_PERMISSIONS).raw_key
 
@@ -167,6 +207,10 @@ def existing_ids(name: str) -> list[str]:
         return list(Tombstone.objects.order_by("created_at", "id").values_list("id", flat=True))
     if name == "entity_uri":
         return [SEED_TOMBSTONED]
+    if name == "subscription_id":
+        return [SEED_SUBSCRIPTION]
+    if name == "event_id":
+        return [SEED_EVENT]
     if name == "key_id":
         others = ApiKey.objects.exclude(entity_uri=FUZZER).order_by("created_at")
         return [str(key_id) for key_id in others.values_list("id", flat=True)]

@@ -54,6 +54,12 @@ def populated(client, superuser):
         assert response.status_code == 201
     garden = client.post("/v1/gardens", {"slug": "ops", "name": "Operations"}, format="json")
     assert garden.status_code == 201, garden.content
+    subscription = client.post(
+        "/v1/subscriptions",
+        {"target": "company", "on_change": "wake", "delivery_address": "stigmem://test/agent/sleeper"},
+        format="json",
+    )
+    assert subscription.status_code == 201, subscription.content
     tombstone, _ = create_tombstone(tenant="default", entity_uri="stigmem://test/user/gone", scope="*", actor="test")
     revoke_tombstone(tenant="default", tombstone_id=tombstone.id, reason="lifted", actor="test")
     ensure_identity()
