@@ -121,6 +121,11 @@ except ValueError as exc:
     raise ImproperlyConfigured("STIGMEM_SUBSCRIPTION_RETRY_SCHEDULE must be comma-separated seconds") from exc
 STIGMEM_WEBHOOK_TIMEOUT_S = env_number("STIGMEM_WEBHOOK_TIMEOUT_S", 10.0, float)
 STIGMEM_DELIVERY_CONCURRENCY = int(env_number("STIGMEM_DELIVERY_CONCURRENCY", 16))
+# First circuit cool-down in seconds (doubles after each failed probe, up to 1 h).
+STIGMEM_SUBSCRIPTION_CIRCUIT_COOLDOWN_S = int(env_number("STIGMEM_SUBSCRIPTION_CIRCUIT_COOLDOWN_S", 30))
+# A delivery claim's lease is 2 x the webhook timeout plus this margin; a dead worker's claims
+# return to the queue when it runs out.
+STIGMEM_DELIVERY_LEASE_MARGIN_S = env_number("STIGMEM_DELIVERY_LEASE_MARGIN_S", 60.0, float)
 # Where `wake` subscriptions write their JSON lines: "-" is stderr, else a file path.
 STIGMEM_WAKE_LOG = env_str("STIGMEM_WAKE_LOG", "-")
 # Password of the `admin` login created on first start; generated and printed when unset.

@@ -66,8 +66,6 @@ from subscriptions.signing import signature_headers, signing_secrets
 logger = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
-LEASE_MARGIN_S = 60.0
-COOLDOWN_FIRST_S = 30
 COOLDOWN_MAX_S = 3600
 JITTER = 0.10
 MAX_RESPONSE_BYTES = 2048
@@ -260,7 +258,7 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 
 def lease_seconds() -> float:
-    return settings.STIGMEM_WEBHOOK_TIMEOUT_S * 2 + LEASE_MARGIN_S
+    return settings.STIGMEM_WEBHOOK_TIMEOUT_S * 2 + settings.STIGMEM_DELIVERY_LEASE_MARGIN_S
 
 
 # --- claiming -------------------------------------------------------------------------------
@@ -457,13 +455,14 @@ def _note_failure(subscription: Subscription, error: str, now: datetime) -> None
     subscription.failing_since = subscription.failing_since or now
     subscription.last_error = error
     if subscription.circuit == Circuit.HALF_OPEN:  # the probe failed: open again, wait twice as long
-        cooldown = min(max(subscription.circuit_cooldown_s, COOLDOWN_FIRST_S) * 2, COOLDOWN_MAX_S)
+        first = settings.STIGMEM_SUBSCRIPTION_CIRCUIT_COOLDOWN_S
+        cooldown = min(max(subscription.circuit_cooldown_s, first) * 2, COOLDOWN_MAX_S)
         _open(subscription, cooldown, now)
     elif (
         subscription.circuit == Circuit.CLOSED
         and subscription.consecutive_failures >= settings.STIGMEM_SUBSCRIPTION_CIRCUIT_THRESHOLD
     ):
-        _open(subscription, COOLDOWN_FIRST_S, now)
+        _open(subscription, settings.STIGMEM_SUBSCRIPTION_CIRCUIT_COOLDOWN_S, now)
     failing_for = (now - subscription.failing_since).total_seconds()
     if (
         subscription.status == Subscription.Status.ACTIVE
@@ -571,7 +570,8 @@ def run_once(now: datetime | None = None, limit: int = CLAIM_BATCH) -> int:
     batch = claim(now, limit)
     if not batch:
         return 0
-    stop_at = time.monotonic() + lease_seconds() - settings.STIGMEM_WEBHOOK_TIMEOUT_S - LEASE_MARGIN_S / 2
+    # Stop starting requests while the last one can still finish, and be settled, within the lease.
+    stop_at = time.monotonic() + settings.STIGMEM_WEBHOOK_TIMEOUT_S + settings.STIGMEM_DELIVERY_LEASE_MARGIN_S / 2
     callers: dict[uuid.UUID, Caller | None] = {}
     results: dict[uuid.UUID, list[tuple[Delivery, Attempt]]] = {}
     outgoing: dict[uuid.UUID, list[tuple[Delivery, Outgoing]]] = {}

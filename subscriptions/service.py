@@ -524,3 +524,31 @@ def recover(subscription: Subscription, since: datetime | None, actor: str) -> i
                 {"since": since.isoformat() if since else None, "requeued": count},
             )
     return count
+
+
+# --- test events -------------------------------------------------------------------------------
+
+TEST_EVENT_TYPE = "test"
+TEST_TOPIC = "subscription.test"
+
+
+def send_test_event(subscription: Subscription, actor: str) -> Delivery:
+    """Queue one ``test`` event for the subscription and kick the workers.
+
+    It is an ordinary delivery (signed, retried, replayable), so it checks the whole path to the
+    receiver. A paused or disabled subscription keeps it queued until resumed, like any event.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        delivery = Delivery.objects.create(
+            subscription=subscription,
+            tenant=subscription.tenant,
+            event_type=TEST_EVENT_TYPE,
+            topic=TEST_TOPIC,
+            payload={"test": True, "sent_by": actor},
+            created_at=now,
+            next_attempt_at=now,
+        )
+        _audit(subscription, "subscription_test_event_sent", actor, {"event_id": str(delivery.id)})
+        tasks.kick()
+    return delivery

@@ -23,6 +23,8 @@ from stigmem.models import ApiKey, Conflict, Fact, NodeIdentity
 from stigmem.node import ensure_identity
 from stigmem.schedules import ensure_schedules
 from stigmem.tombstones import create_tombstone, revoke_tombstone
+from subscriptions.models import Subscription
+from subscriptions.service import send_test_event
 
 
 @pytest.fixture
@@ -60,6 +62,7 @@ def populated(client, superuser):
         format="json",
     )
     assert subscription.status_code == 201, subscription.content
+    send_test_event(Subscription.objects.get(id=subscription.json()["id"]), "admin:root")  # a Delivery row
     tombstone, _ = create_tombstone(tenant="default", entity_uri="stigmem://test/user/gone", scope="*", actor="test")
     revoke_tombstone(tenant="default", tombstone_id=tombstone.id, reason="lifted", actor="test")
     ensure_identity()
