@@ -42,10 +42,11 @@ OVERFLOW_IP = "*"
 PRUNE_CHUNK = 5000
 
 
-def record(
+def entry(
     tenant: str, event_type: str, *, actor: str = "", target: str = "", detail: dict[str, Any] | None = None
 ) -> AuditEvent:
-    return AuditEvent.objects.create(
+    """An unsaved audit row (the write path inserts it with its own rows, see facts.py)."""
+    return AuditEvent(
         tenant=tenant,
         event_type=event_type,
         actor=actor[:512],
@@ -53,6 +54,14 @@ def record(
         detail=detail or {},
         created_at=timezone.now(),
     )
+
+
+def record(
+    tenant: str, event_type: str, *, actor: str = "", target: str = "", detail: dict[str, Any] | None = None
+) -> AuditEvent:
+    event = entry(tenant, event_type, actor=actor, target=target, detail=detail)
+    event.save()
+    return event
 
 
 # --- reading: GET /v1/admin/audit --------------------------------------------------------------
