@@ -9,6 +9,10 @@ Scenarios (targets from the performance issue; the load generator shares the mac
   batch   POST /v1/facts/batch, 1000 new facts per request          >= 10,000 facts/s
   single  POST /v1/facts, one new fact per request, 16 clients      >= 600 facts/s
   query   GET /v1/facts?entity=<random seeded entity>, N facts in   p95 <= 15 ms
+  delivery  webhooks to a local receiver (bench/delivery.py; not in the default set):
+          deliveries/s with 1, 10, 100 subscriptions                >= 500 deliveries/s
+          assert -> receiver latency                                 p50 <= 1 s
+          single asserts with 10,000 non-matching subscriptions      <= 10 % extra
 
 The node is ``manage.py runnode`` in a temporary STIGMEM_DATA_DIR on a free 127.0.0.1 port; with
 ``--database-url`` it uses a scratch PostgreSQL database created next to the given one and dropped
@@ -40,13 +44,16 @@ from urllib.parse import urlsplit, urlunsplit
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import delivery  # noqa: E402
 import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import wrkdriver  # noqa: E402
 from node import REPO, BenchNode  # noqa: E402
+from node import free_port as node_free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
 SCENARIOS = ("batch", "single", "query")
+EXTRA_SCENARIOS = ("delivery",)
 TARGETS = {
     "batch": ("facts_per_s", ">=", 10_000),
     "single": ("facts_per_s", ">=", 600),
@@ -395,7 +402,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark a throwaway stigmem node.", formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery")
     parser.add_argument("--facts", type=int, default=1_000_000, help="facts seeded before the query scenario")
     parser.add_argument("--database-url", help="PostgreSQL server URL; a scratch database is created beside it")
     parser.add_argument("--keep-db", action="store_true", help="keep the PostgreSQL scratch database")
@@ -417,11 +424,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-data", action="store_true", help="keep the node's temporary data directory")
     parser.add_argument("--label", default="", help="added to the results file name")
+    parser.add_argument("--delivery-subscriptions", default="1,10,100", help="delivery: subscription counts")
+    parser.add_argument("--delivery-rate", type=float, default=20.0, help="delivery latency: single asserts per s")
+    parser.add_argument("--delivery-seconds", type=float, default=10.0, help="delivery latency: seconds of asserts")
+    parser.add_argument("--no-nomatch", action="store_true", help="delivery: skip the 10,000-subscription overhead")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(args.only) - set(SCENARIOS)
+    unknown = set(args.only) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    args.delivery_subscriptions = [int(c) for c in args.delivery_subscriptions.split(",") if c.strip()]
     args.query_clients = [int(c) for c in args.query_clients.split(",") if c.strip()]
     if args.profile and not profiling.py_spy():
         parser.error("--profile needs py-spy (.venv/bin/pip install py-spy)")
@@ -461,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                     workers=args.workers,
                     threads=args.threads,
                     qcluster=not args.no_qcluster,
+                    extra_env=delivery.NODE_ENV if "delivery" in args.only else None,
                 )
             )
             web = node.web_settings()
@@ -493,13 +506,18 @@ def main(argv: list[str] | None = None) -> int:
                 for clients in args.query_clients:
                     print(f"query: GET /v1/facts?entity=..., {clients} clients ...", flush=True)
                     results.append(repeated(args.repeat, lambda c=clients: scenario.query(keys, entities, c)))
+            if "delivery" in args.only:
+                receiver = stack.enter_context(delivery.Receiver(node_free_port(), data_dir / "receiver.log"))
+                report["delivery"] = delivery.run(args, node, receiver, lambda: scenario.single(keys), stamp)
     finally:
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
     report["results"] = results
     report["seeding"] = seeding
     report["wall_s"] = round(time.monotonic() - started, 1)
-    text = table(results, seeding)
+    text = table(results, seeding) if results or seeding else ""
+    if "delivery" in report:
+        text = (text + "\n\n" if text else "") + delivery.table(report["delivery"])
     print()
     print(text)
     label = f"-{args.label}" if args.label else ""
