@@ -12,9 +12,8 @@ from rest_framework.response import Response
 from stigmem import metrics
 from stigmem.api import schemas
 from stigmem.api.base import NodeView
-from stigmem.cid import compute_cid
 from stigmem.errors import ApiError, InputInvalid, field_error
-from stigmem.fact_input import FactInput, parse_fact_body
+from stigmem.fact_input import FactInput, input_from_fact, parse_fact_body
 from stigmem.facts import assert_facts, authorize
 from stigmem.limits import MAX_BATCH_FACTS
 from stigmem.queries import get_fact, parse_fact_query, run_fact_query
@@ -136,15 +135,8 @@ class VerifyCidView(NodeView):
     )
     def post(self, request: Request, ref: str) -> Response:
         fact = get_fact(self.caller, ref)
-        computed = compute_cid(
-            entity=fact.entity,
-            relation=fact.relation,
-            value_type=fact.value_type,
-            value_v=fact.value_v,
-            source=fact.source,
-            confidence=fact.confidence,
-            scope=fact.scope,
-        )
+        # The CID of exactly what is stored (the same recomputation a re-assert makes).
+        computed = input_from_fact(fact).cid
         valid = computed == fact.cid
         return Response(
             {
