@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from django.db import connection, transaction
 
-from stigmem.hlc import Hlc, tick
+from stigmem.hlc import Hlc, merge, tick
 from stigmem.models import NodeClock
 
 _local = threading.local()
@@ -45,6 +45,12 @@ class ClockLease:
 
     def tick(self) -> Hlc:
         self._hlc = tick(self._hlc, now_ms())
+        self._dirty = True
+        return self._hlc
+
+    def merge(self, remote: Hlc) -> Hlc:
+        """The timestamp of receiving a fact stamped ``remote`` by a peer (WIRE.md §2.6)."""
+        self._hlc = merge(self._hlc, remote, now_ms())
         self._dirty = True
         return self._hlc
 

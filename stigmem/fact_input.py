@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,12 +16,25 @@ from typing import Any
 
 from stigmem.cid import CID_PATTERN, compute_cid
 from stigmem.errors import InputInvalid, coded, field_error
+from stigmem.hlc import Hlc
 from stigmem.limits import MAX_DERIVED_FROM, MAX_RELATION_LENGTH, MAX_URI_LENGTH
 from stigmem.normalize import INFORMAL_WARNING, UriInvalid, normalize_uri
 from stigmem.values import TypedValue, parse_iso_datetime, parse_value, text_problem
 
 SCOPES = ("local", "team", "company", "public")
 _GARDEN_URI = re.compile(r"^stigmem://[^/\s]+/garden/([^/\s]+)$")
+
+
+@dataclass(frozen=True)
+class RemoteOrigin:
+    """Where a fact received from a peer came from; it keeps its id and timestamp (WIRE.md §6.5)."""
+
+    fact_id: uuid.UUID
+    timestamp: datetime
+    hlc: Hlc
+    received_from: str
+    origin_node_id: str
+    origin_allowed_scopes: list[str]
 
 
 @dataclass
@@ -38,6 +52,8 @@ class FactInput:
     garden: str = ""
     derived_from: list[dict[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Set for a fact ingested from a peer (federation), None for one written here.
+    remote: RemoteOrigin | None = None
     cid: str = ""
 
     def __post_init__(self) -> None:

@@ -74,6 +74,7 @@ def assert_facts(
     now = timezone.now()
     with clock_transaction() as clock:
         stored = _facts_by_cid(tenant, {item.cid for item in inputs})
+        received = _facts_by_id([item.remote.fact_id for item in inputs if item.remote is not None])
         before = _current_heads(tenant, {item.key for item in inputs})
         # One object per row, so flags set below (contradicted) show in every outcome.
         before = {key: stored.get((head.cid, head.garden), head) for key, head in before.items()}
@@ -82,12 +83,26 @@ def assert_facts(
         conflicts: list[Conflict] = []
         outcomes: list[AssertOutcome] = []
         for item in inputs:
-            fact = stored.get((item.cid, item.garden))
-            created = fact is None
-            if fact is None:
-                fact = _new_fact(tenant, item, seq=clock.next_fact_seq(), hlc=str(clock.tick()), now=now)
-                stored[(item.cid, item.garden)] = fact
+            if item.remote is not None:
+                # A fact from a peer that is already here (by id, or by content) changes nothing:
+                # replication is idempotent and never moves a current value back.
+                known = received.get(item.remote.fact_id) or stored.get((item.cid, item.garden))
+                if known is not None:
+                    outcomes.append(AssertOutcome(known, False, item.warnings))
+                    continue
+                fact = _new_fact(
+                    tenant, item, seq=clock.next_fact_seq(), hlc=str(clock.merge(item.remote.hlc)), now=now
+                )
+                received[fact.id] = stored[(item.cid, item.garden)] = fact
                 new_facts.append(fact)
+                created = True
+            else:
+                fact = stored.get((item.cid, item.garden))
+                created = fact is None
+                if fact is None:
+                    fact = _new_fact(tenant, item, seq=clock.next_fact_seq(), hlc=str(clock.tick()), now=now)
+                    stored[(item.cid, item.garden)] = fact
+                    new_facts.append(fact)
             current = heads.get(item.key)
             if item.confidence == 0.0:
                 heads[item.key] = None
@@ -147,8 +162,9 @@ def conflict_payload(conflict: Conflict) -> dict[str, str]:
 
 
 def _new_fact(tenant: str, item: FactInput, *, seq: int, hlc: str, now) -> Fact:
+    remote = item.remote
     return Fact(
-        id=uuid.uuid4(),
+        id=remote.fact_id if remote else uuid.uuid4(),
         seq=seq,
         tenant=tenant,
         entity=item.entity,
@@ -160,12 +176,15 @@ def _new_fact(tenant: str, item: FactInput, *, seq: int, hlc: str, now) -> Fact:
         confidence=item.confidence,
         scope=item.scope,
         garden=item.garden,
-        timestamp=now,
+        timestamp=remote.timestamp if remote else now,
         hlc=hlc,
         valid_until=item.valid_until,
         valid_until_at=item.valid_until_at,
         cid=item.cid,
         derived_from=item.derived_from,
+        received_from=remote.received_from if remote else None,
+        origin_node_id=remote.origin_node_id if remote else None,
+        origin_allowed_scopes=remote.origin_allowed_scopes if remote else None,
     )
 
 
@@ -204,6 +223,14 @@ def _facts_by_cid(tenant: str, cids: set[str]) -> dict[tuple[str, str], Fact]:
     for chunk in _chunks(cids):
         sql = f"SELECT * FROM {Fact._meta.db_table} WHERE tenant = %s AND cid IN ({_placeholders(chunk)})"
         found.update(((f.cid, f.garden), f) for f in Fact.objects.raw(sql, [tenant, *chunk]))
+    return found
+
+
+def _facts_by_id(ids: list[uuid.UUID]) -> dict[uuid.UUID, Fact]:
+    """Stored facts with these ids (facts received from peers keep their origin's id)."""
+    found: dict[uuid.UUID, Fact] = {}
+    for chunk in _chunks(ids):
+        found.update((f.id, f) for f in Fact.objects.filter(id__in=chunk))
     return found
 
 

@@ -128,6 +128,22 @@ STIGMEM_SUBSCRIPTION_CIRCUIT_COOLDOWN_S = int(env_number("STIGMEM_SUBSCRIPTION_C
 STIGMEM_DELIVERY_LEASE_MARGIN_S = env_number("STIGMEM_DELIVERY_LEASE_MARGIN_S", 60.0, float)
 # Where `wake` subscriptions write their JSON lines: "-" is stderr, else a file path.
 STIGMEM_WAKE_LOG = env_str("STIGMEM_WAKE_LOG", "-")
+# Federation (WIRE.md §6). A peer's address may be private only when this is set (development, tests).
+STIGMEM_FEDERATION_ALLOW_PRIVATE = env_bool("STIGMEM_FEDERATION_ALLOW_PRIVATE", False)
+# Serve `team`-scope facts to peers whose agreement includes `team` (off: team stays in-house).
+STIGMEM_FEDERATION_ALLOW_TEAM = env_bool("STIGMEM_FEDERATION_ALLOW_TEAM", False)
+# Seconds between scheduled pulls of every active peer.
+STIGMEM_FEDERATION_PULL_INTERVAL_S = int(env_number("STIGMEM_FEDERATION_PULL_INTERVAL_S", 30))
+# How long one pull of one peer may keep draining `has_more` pages before it yields.
+STIGMEM_FEDERATION_PULL_BUDGET_S = env_number("STIGMEM_FEDERATION_PULL_BUDGET_S", 20.0, float)
+# Facts asked for per page (the serving side allows at most 500).
+STIGMEM_FEDERATION_PAGE_LIMIT = int(env_number("STIGMEM_FEDERATION_PAGE_LIMIT", 500))
+# Peer HTTP timeout in seconds (connect and each read); the well-known fetch uses 5 s (WIRE.md §6.2).
+STIGMEM_FEDERATION_TIMEOUT_S = env_number("STIGMEM_FEDERATION_TIMEOUT_S", 10.0, float)
+# Peers pulled at once by one worker's pull cycle.
+STIGMEM_FEDERATION_PULL_CONCURRENCY = int(env_number("STIGMEM_FEDERATION_PULL_CONCURRENCY", 4))
+# A remote HLC further than this ahead of our clock is rejected on ingest.
+STIGMEM_FEDERATION_MAX_FUTURE_SKEW_S = int(env_number("STIGMEM_FEDERATION_MAX_FUTURE_SKEW_S", 300))
 # Password of the `admin` login created on first start; generated and printed when unset.
 STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
 
@@ -170,6 +186,7 @@ INSTALLED_APPS = [
     "django_q",
     "stigmem.apps.StigmemConfig",
     "subscriptions.apps.SubscriptionsConfig",
+    "federation.apps.FederationConfig",
 ]
 
 MIDDLEWARE = [

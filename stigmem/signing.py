@@ -91,6 +91,11 @@ def _private_key() -> Ed25519PrivateKey:
         return key
 
 
+def private_key() -> Ed25519PrivateKey:
+    """The node's private key, for signers that need the key object itself (peer tokens)."""
+    return _private_key()
+
+
 def clear_cache() -> None:
     """Forget the loaded key (tests; a process reloads it from settings or the database)."""
     global _cached_key

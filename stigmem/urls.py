@@ -8,6 +8,7 @@ handler500 = "stigmem.api.errors.server_error_view"
 urlpatterns = [
     path("", include("stigmem.api.urls")),
     path("", include("subscriptions.urls")),
+    path("", include("federation.urls")),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

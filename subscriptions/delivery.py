@@ -53,13 +53,13 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from requests.adapters import HTTPAdapter
 
-from stigmem import audit, events, sanitizer
+from stigmem import audit, events, sanitizer, ssrf
 from stigmem.auth import Caller
 from stigmem.models import ApiKey, Fact
 from stigmem.queries import visible_facts
 from stigmem.records import garden_uris_of
 from stigmem.values import decode_value
-from subscriptions import metrics, ssrf
+from subscriptions import metrics
 from subscriptions.models import Delivery, Subscription
 from subscriptions.signing import signature_headers, signing_secrets
 

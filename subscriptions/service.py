@@ -32,7 +32,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from stigmem import audit
+from stigmem import audit, ssrf
 from stigmem.auth import Caller
 from stigmem.errors import InputInvalid, coded, field_error, not_found
 from stigmem.events import TopicError, TopicPattern
@@ -42,7 +42,7 @@ from stigmem.limits import MAX_URI_LENGTH
 from stigmem.normalize import UriInvalid, normalize_uri
 from stigmem.queries import decode_cursor, encode_cursor, parse_limit, visible_facts
 from stigmem.values import parse_iso_datetime, text_problem
-from subscriptions import ssrf, tasks
+from subscriptions import tasks
 from subscriptions.delivery import fact_payload
 from subscriptions.models import MAX_ADDRESS_LENGTH, MAX_IDEMPOTENCY_KEY_LENGTH, Delivery, Subscription
 

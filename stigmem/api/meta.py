@@ -14,12 +14,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from stigmem import metrics
+from stigmem import metrics, signing
 from stigmem.api import schemas
 from stigmem.api.base import NodeView
 from stigmem.models import NodeIdentity
 from stigmem.node import node_id
 
+FEDERATION_VERSION = "0.5"
 NAMESPACES = ["stigmem:", "rel:", "memory:", "intent:", "roadmap:", "preference:", "garden:", "ttp:"]
 
 
@@ -30,19 +31,26 @@ class WellKnownView(APIView):
 
     @extend_schema(operation_id="well_known", responses={200: schemas.WellKnownSerializer})
     def get(self, request: Request) -> Response:
-        return Response(
-            {
-                "version": "1.0",
-                "node_id": node_id(),
-                "node_url": settings.STIGMEM_NODE_URL,
-                "auth": "required" if settings.STIGMEM_AUTH_REQUIRED else "none",
-                "federation": "enabled" if settings.STIGMEM_FEDERATION_ENABLED else "disabled",
-                "source_attestation": "off",
-                "namespaces": NAMESPACES,
-                "spec": settings.STIGMEM_SPEC_URL,
-                "cors": {"dev_localhost": False, "configured": False},
+        document = {
+            "version": "1.0",
+            "node_id": node_id(),
+            "node_url": settings.STIGMEM_NODE_URL,
+            "auth": "required" if settings.STIGMEM_AUTH_REQUIRED else "none",
+            "federation": "enabled" if settings.STIGMEM_FEDERATION_ENABLED else "disabled",
+            "source_attestation": "off",
+            "namespaces": NAMESPACES,
+            "spec": settings.STIGMEM_SPEC_URL,
+            "cors": {"dev_localhost": False, "configured": False},
+        }
+        if settings.STIGMEM_FEDERATION_ENABLED:
+            document["federation_pubkey"] = signing.public_key_b64()
+            document["federation_version"] = FEDERATION_VERSION
+            document["federation_endpoints"] = {
+                "peers": "/v1/federation/peers",
+                "facts": "/v1/federation/facts",
+                "push": None,
             }
-        )
+        return Response(document)
 
 
 class HealthView(APIView):

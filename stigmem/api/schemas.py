@@ -221,6 +221,9 @@ class WellKnownSerializer(serializers.Serializer):
     namespaces = serializers.ListField(child=serializers.CharField())
     spec = serializers.CharField()
     cors = serializers.DictField()
+    federation_pubkey = serializers.CharField(required=False, help_text="present when federation is enabled")
+    federation_version = serializers.CharField(required=False)
+    federation_endpoints = serializers.DictField(required=False)
 
 
 class ValidationItemSerializer(serializers.Serializer):

@@ -20,10 +20,10 @@ import responses
 from django.core.management import call_command
 from django.utils import timezone
 
-from stigmem import logtail, tombstones
+from stigmem import logtail, ssrf, tombstones
 from stigmem.gardens import garden_uri_for
 from stigmem.models import AuditEvent, Event, Fact
-from subscriptions import delivery, ssrf, tasks
+from subscriptions import delivery, tasks
 from subscriptions.delivery import parse_retry_after, retry_delay, run_once
 from subscriptions.models import Delivery, Subscription
 from tests.subscriptions.delivery_helpers import SUBSCRIBER, URL, make_delivery, make_subscription

@@ -1,12 +1,13 @@
-"""The SSRF guard for webhook delivery addresses (WIRE.md §5.1).
+"""The SSRF guard for addresses the node connects to: webhook receivers (WIRE.md §5.1) and peers.
 
 Two checks, because DNS answers change: ``check_url`` when a subscription is created (every
 A/AAAA record of the host must be public), and ``resolve_pinned`` when a delivery connects: it
 resolves again, refuses the host if any record is not public, and returns the one IP the caller
 must connect to, so a rebinding between the check and the connect cannot redirect the request.
 
-``settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE`` (development and tests) lifts the address rule; the
-scheme rule always applies.
+``allow_private`` (from ``STIGMEM_WEBHOOK_ALLOW_PRIVATE`` for webhooks, the default, or
+``STIGMEM_FEDERATION_ALLOW_PRIVATE`` for peers; development and tests) lifts the address rule;
+the scheme rule always applies.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class UnsafeUrl(ValueError):
-    """The URL may not be used as a webhook delivery address; the message says why."""
+    """The URL may not be connected to; the message says why."""
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

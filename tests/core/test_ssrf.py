@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from subscriptions import ssrf
+from stigmem import ssrf
 
 
 def fake_dns(monkeypatch, answers: dict[str, list[str]]) -> list[str]:
