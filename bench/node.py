@@ -82,6 +82,7 @@ class BenchNode:
         self.api_key: str | None = None
         self._groups: set[int] = set()
         self.log_path = data_dir / "runnode.log"
+        self.url = f"http://{self.host}:{self.port}"
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ Scenarios (targets from the performance issue; the load generator shares the mac
           deliveries/s with 1, 10, 100 subscriptions                >= 500 deliveries/s
           assert -> receiver latency                                 p50 <= 1 s
           single asserts with 10,000 non-matching subscriptions      <= 10 % extra
+  federation  two nodes, one pulling from the other (bench/replication.py; not in the default set):
+          catch-up of a 50,000-fact backlog                          <= 60 s, >= 2,000 facts/s
+          steady-state replication lag at 200 facts/s of writes      (measured)
 
 The node is ``manage.py runnode`` in a temporary STIGMEM_DATA_DIR on a free 127.0.0.1 port; with
 ``--database-url`` it uses a scratch PostgreSQL database created next to the given one and dropped
@@ -47,13 +50,14 @@ sys.path.insert(0, str(BENCH))
 import delivery  # noqa: E402
 import loadgen  # noqa: E402
 import profiling  # noqa: E402
+import replication  # noqa: E402
 import wrkdriver  # noqa: E402
 from node import REPO, BenchNode  # noqa: E402
 from node import free_port as node_free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
 SCENARIOS = ("batch", "single", "query")
-EXTRA_SCENARIOS = ("delivery",)
+EXTRA_SCENARIOS = ("delivery", "federation")
 TARGETS = {
     "batch": ("facts_per_s", ">=", 10_000),
     "single": ("facts_per_s", ">=", 600),
@@ -402,7 +406,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark a throwaway stigmem node.", formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery, federation"
+    )
     parser.add_argument("--facts", type=int, default=1_000_000, help="facts seeded before the query scenario")
     parser.add_argument("--database-url", help="PostgreSQL server URL; a scratch database is created beside it")
     parser.add_argument("--keep-db", action="store_true", help="keep the PostgreSQL scratch database")
@@ -428,6 +434,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--delivery-rate", type=float, default=20.0, help="delivery latency: single asserts per s")
     parser.add_argument("--delivery-seconds", type=float, default=10.0, help="delivery latency: seconds of asserts")
     parser.add_argument("--no-nomatch", action="store_true", help="delivery: skip the 10,000-subscription overhead")
+    parser.add_argument("--federation-backlog", type=int, default=50_000, help="federation: facts to catch up on")
+    parser.add_argument("--federation-rate", type=float, default=200.0, help="federation: writes/s, steady state")
+    parser.add_argument("--federation-seconds", type=float, default=30.0, help="federation: steady-state seconds")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
@@ -466,49 +475,59 @@ def main(argv: list[str] | None = None) -> int:
                 database = "postgresql"
                 report["versions"]["postgresql"] = pg_version
                 report["scratch_database"] = db_name
-            node = stack.enter_context(
-                BenchNode(
-                    data_dir,
-                    database_url=database_url,
-                    workers=args.workers,
-                    threads=args.threads,
-                    qcluster=not args.no_qcluster,
-                    extra_env=delivery.NODE_ENV if "delivery" in args.only else None,
+            if set(args.only) - {"federation"}:
+                node = stack.enter_context(
+                    BenchNode(
+                        data_dir,
+                        database_url=database_url,
+                        workers=args.workers,
+                        threads=args.threads,
+                        qcluster=not args.no_qcluster,
+                        extra_env=delivery.NODE_ENV if "delivery" in args.only else None,
+                    )
                 )
-            )
-            web = node.web_settings()
-            report["settings"] = {
-                "database": database,
-                "workers": web["workers"],
-                "threads": web["threads"],
-                "qcluster": not args.no_qcluster,
-                "auth": "on (one API key per client)",
-                "duration_s": args.duration,
-                "warmup_s": args.warmup,
-                "loadgen": args.loadgen if args.loadgen != "auto" else ("wrk" if wrkdriver.available() else "python"),
-            }
-            print(
-                f"node on 127.0.0.1:{node.port} ({database}, {web['workers']} workers x {web['threads']} threads), "
-                f"data in {data_dir}",
-                flush=True,
-            )
-            keys = node.create_keys(max([args.clients, args.batch_clients, *args.query_clients]), ["read", "write"])
-            scenario = Scenario(args, node, stamp, postgres=database == "postgresql")
-            if "batch" in args.only:
-                print("batch: POST /v1/facts/batch x1000 ...", flush=True)
-                results.append(repeated(args.repeat, lambda: scenario.batch(keys)))
-            if "single" in args.only:
-                print(f"single: POST /v1/facts, {args.clients} clients ...", flush=True)
-                results.append(repeated(args.repeat, lambda: scenario.single(keys)))
-            if "query" in args.only:
-                seeding = seed(node, args.facts, stamp, args.profile)
-                entities = seeding["entities"]
-                for clients in args.query_clients:
-                    print(f"query: GET /v1/facts?entity=..., {clients} clients ...", flush=True)
-                    results.append(repeated(args.repeat, lambda c=clients: scenario.query(keys, entities, c)))
-            if "delivery" in args.only:
-                receiver = stack.enter_context(delivery.Receiver(node_free_port(), data_dir / "receiver.log"))
-                report["delivery"] = delivery.run(args, node, receiver, lambda: scenario.single(keys), stamp)
+                web = node.web_settings()
+                report["settings"] = {
+                    "database": database,
+                    "workers": web["workers"],
+                    "threads": web["threads"],
+                    "qcluster": not args.no_qcluster,
+                    "auth": "on (one API key per client)",
+                    "duration_s": args.duration,
+                    "warmup_s": args.warmup,
+                    "loadgen": args.loadgen
+                    if args.loadgen != "auto"
+                    else ("wrk" if wrkdriver.available() else "python"),
+                }
+                print(
+                    f"node on 127.0.0.1:{node.port} ({database}, {web['workers']} workers x {web['threads']} threads), "
+                    f"data in {data_dir}",
+                    flush=True,
+                )
+                keys = node.create_keys(max([args.clients, args.batch_clients, *args.query_clients]), ["read", "write"])
+                scenario = Scenario(args, node, stamp, postgres=database == "postgresql")
+                if "batch" in args.only:
+                    print("batch: POST /v1/facts/batch x1000 ...", flush=True)
+                    results.append(repeated(args.repeat, lambda: scenario.batch(keys)))
+                if "single" in args.only:
+                    print(f"single: POST /v1/facts, {args.clients} clients ...", flush=True)
+                    results.append(repeated(args.repeat, lambda: scenario.single(keys)))
+                if "query" in args.only:
+                    seeding = seed(node, args.facts, stamp, args.profile)
+                    entities = seeding["entities"]
+                    for clients in args.query_clients:
+                        print(f"query: GET /v1/facts?entity=..., {clients} clients ...", flush=True)
+                        results.append(repeated(args.repeat, lambda c=clients: scenario.query(keys, entities, c)))
+                if "delivery" in args.only:
+                    receiver = stack.enter_context(delivery.Receiver(node_free_port(), data_dir / "receiver.log"))
+                    report["delivery"] = delivery.run(args, node, receiver, lambda: scenario.single(keys), stamp)
+            if "federation" in args.only:
+                urls = (database_url, None)
+                if database_url:
+                    urls = (database_url, stack.enter_context(scratch_database(args.database_url, args.keep_db))[0])
+                (data_dir / "source").mkdir()
+                (data_dir / "sink").mkdir()
+                report["federation"] = replication.run(args, data_dir, urls, stamp)
     finally:
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -518,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, seeding) if results or seeding else ""
     if "delivery" in report:
         text = (text + "\n\n" if text else "") + delivery.table(report["delivery"])
+    if "federation" in report:
+        text = (text + "\n\n" if text else "") + replication.table(report["federation"])
     print()
     print(text)
     label = f"-{args.label}" if args.label else ""

@@ -1,10 +1,10 @@
 """Peer tokens (WIRE.md §6.3): EdDSA JWTs with millisecond times, one nonce per request.
 
 ``mint`` makes the token our puller sends; ``authenticate`` checks one a peer sent us and
-answers 401 ``{"detail": <code>}`` with the reference's codes. Rejections from a registered
-peer are audited one row each; rejections that name no registered peer (no token, garbage,
-unknown issuer) can come from anyone at any rate, so they go to the aggregated auth-failure
-counter like bad API keys do.
+answers 401 ``{"detail": <code>}`` with the reference's codes. Rejections of a token signed
+by a registered peer are audited one row each; the others (no token, garbage, unknown issuer,
+a signature that does not verify with the named peer's key) can come from anyone at any rate,
+so they go to the aggregated auth-failure counter like bad API keys do.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TokenRejected(ApiError):
     """A 401 with one of the reference's codes as ``detail``."""
 
     def __init__(self, code: str):
-        super().__init__(401, code)
+        super().__init__(401, code, headers={"WWW-Authenticate": "Bearer"})
         self.code = code
 
 
@@ -78,9 +78,10 @@ def _bearer(request: HttpRequest) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _reject_anonymous(request: HttpRequest, code: str) -> TokenRejected:
+def _reject_anonymous(request: HttpRequest, code: str, issuer: str | None = None) -> TokenRejected:
     metrics.TOKEN_REJECTIONS.labels(reason=code).inc()
-    audit.auth_failures.note(f"peer_token:{code}", request.META.get("REMOTE_ADDR") or "unknown")
+    reason = f"peer_token:{code}" if issuer is None else f"peer_token:{code}:{issuer}"
+    audit.auth_failures.note(reason, request.META.get("REMOTE_ADDR") or "unknown")
     return TokenRejected(code)
 
 
@@ -113,10 +114,13 @@ def authenticate(request: HttpRequest) -> PeerCall:
     peer = Peer.objects.filter(node_id=issuer).first()
     if peer is None:
         raise _reject_anonymous(request, "peer not registered")
+    if header.get("alg") != "EdDSA" or not _signature_valid(token, peer.federation_pubkey):
+        # Anyone can name a registered issuer: until the signature verifies this is not the peer
+        # speaking, so it is counted, not audited row by row. The issuer is in the reason so an
+        # operator sees which peer's tokens fail (a key rotated without re-registering).
+        raise _reject_anonymous(request, "invalid_signature", peer.node_id)
     if peer.status != Peer.Status.ACTIVE:
         raise _reject(peer, "peer_not_approved", {"status": peer.status})
-    if header.get("alg") != "EdDSA" or not _signature_valid(token, peer.federation_pubkey):
-        raise _reject(peer, "invalid_signature")
     issued, expires = claims.get("iat"), claims.get("exp")
     if not _is_ms(issued) or not _is_ms(expires):
         raise _reject(peer, "malformed token", {"why": "iat and exp must be integer epoch milliseconds"})
@@ -142,9 +146,9 @@ def authenticate(request: HttpRequest) -> PeerCall:
 def _signature_valid(token: str, public_key_b64: str) -> bool:
     try:
         key = Ed25519PublicKey.from_public_bytes(signing.b64url_decode(public_key_b64))
-        jwt.decode(
-            token, key, algorithms=["EdDSA"], options={"verify_exp": False, "verify_iat": False, "verify_nbf": False}
-        )
+        # The signature only: jwt.decode would also judge claims (a non-string `sub`, any `aud`,
+        # times it reads as seconds) and turn those into a false invalid_signature.
+        jwt.PyJWS().decode(token, key, algorithms=["EdDSA"])
     except (jwt.PyJWTError, ValueError):
         return False
     return True

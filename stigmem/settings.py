@@ -295,6 +295,8 @@ SPECTACULAR_SETTINGS = {
         "TombstoneScopeEnum": ["local", "team", "company", "public", "*"],
         "SubscriptionStatusEnum": ["active", "paused", "disabled"],
         "ConflictStatusEnum": ["unresolved", "resolved"],
+        "PeerStatusEnum": ["pending_verification", "pending_approval", "rejected", "active", "suspended", "revoked"],
+        "PeerRegistrationStatusEnum": ["pending_approval", "rejected"],
     },
 }
 

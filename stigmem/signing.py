@@ -25,7 +25,7 @@ from django.db import connection
 from stigmem.models import NodeIdentity
 from stigmem.node import ensure_identity
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*={0,2}\Z")
 
 _lock = threading.Lock()
 _cached_key: Ed25519PrivateKey | None = None

@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
@@ -33,7 +34,7 @@ from stigmem.limits import MAX_URI_LENGTH
 from stigmem.models import TOMBSTONE_SCOPES, Tombstone, TombstoneRevocation
 from stigmem.node import node_id
 from stigmem.normalize import UriInvalid, normalize_query_uri, normalize_uri
-from stigmem.values import text_problem
+from stigmem.values import parse_iso_datetime, text_problem
 
 TOMBSTONE_ID_PREFIX = "tomb_"
 REVOCATION_ID_PREFIX = "tombrevoke_"  # the reference's prefix
@@ -245,7 +246,9 @@ def revoke_tombstone(*, tenant: str, tombstone_id: str, reason: str, actor: str)
         raise not_found("tombstone")
     key_id = signing.key_id()
     signed_by = node_id()
-    with transaction.atomic():
+    # Under the node clock's lock, like create_tombstone: revoked_at then follows commit order, which
+    # the federation tombstone cursor relies on.
+    with clock_transaction():
         # Locking the tombstone makes a concurrent second revocation wait, then answer 409.
         tombstone = Tombstone.objects.select_for_update().filter(tenant=tenant, id=tombstone_id).first()
         if tombstone is None:
@@ -305,6 +308,142 @@ def _revocation_of(tombstone: Tombstone) -> TombstoneRevocation | None:
 
 def _active(tombstones):
     return tombstones.filter(revocation__isnull=True)
+
+
+# --- tombstones and revocations received from peers (federation) -----------------------------
+
+
+class RemoteRecordRejected(ValueError):
+    """A peer's tombstone or revocation that cannot be stored; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _remote_text(record: Mapping[str, Any], name: str, max_length: int) -> str:
+    value = record.get(name)
+    if not isinstance(value, str) or not value or len(value) > max_length or text_problem(value):
+        raise RemoteRecordRejected("malformed", f"{name} must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+def _remote_time(record: Mapping[str, Any], name: str):
+    text = _remote_text(record, name, 40)
+    try:
+        moment = parse_iso_datetime(text)
+    except ValueError:
+        raise RemoteRecordRejected("malformed", f"{name} must be an ISO-8601 datetime") from None
+    return text, moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _remote_reason(record: Mapping[str, Any]) -> str:
+    # Not covered by the signature: kept when it is usable text, dropped otherwise.
+    reason = record.get("reason")
+    if not isinstance(reason, str) or text_problem(reason):
+        return ""
+    return reason[:MAX_REASON_LENGTH]
+
+
+def store_remote_tombstone(tenant: str, record: Mapping[str, Any], origin_node_id: str) -> bool:
+    """Store a tombstone pulled from the peer ``origin_node_id``; False when its id is already here.
+
+    The caller has verified the signature against the peer's key. The signed fields are stored
+    exactly as received, so the stored row still verifies. Raises RemoteRecordRejected for a
+    field that cannot be stored, and for an entity URI not in normalized form: facts store
+    normalized entities, so such a tombstone could never suppress anything.
+    """
+    tombstone_id = _remote_text(record, "id", Tombstone._meta.get_field("id").max_length)
+    entity = _remote_text(record, "entity_uri", MAX_URI_LENGTH)
+    try:
+        normalized = normalize_uri(entity).uri
+    except UriInvalid:
+        normalized = None
+    if normalized != entity:
+        raise RemoteRecordRejected("entity_not_normalized", "entity_uri is not in normalized form")
+    scope = record.get("scope")
+    if scope not in TOMBSTONE_SCOPES:
+        raise RemoteRecordRejected("malformed", "scope is not a tombstone scope")
+    legal_hold = record.get("legal_hold", False)
+    if not isinstance(legal_hold, bool):
+        raise RemoteRecordRejected("malformed", "legal_hold must be a boolean")
+    created_text, created_at = _remote_time(record, "created_at")
+    tombstone = Tombstone(
+        id=tombstone_id,
+        tenant=tenant,
+        entity_uri=entity,
+        scope=scope,
+        reason=_remote_reason(record),
+        signed_by=_remote_text(record, "signed_by", 255),
+        key_id=_remote_text(record, "key_id", 16),
+        signature=_remote_text(record, "signature", 100),
+        created_at=created_at,
+        created_at_text=created_text,
+        legal_hold=legal_hold,
+        origin_node_id=origin_node_id,
+    )
+    with transaction.atomic():
+        if Tombstone.objects.filter(id=tombstone_id).exists():
+            return False
+        tombstone.save(force_insert=True)
+        audit.record(
+            tenant,
+            "tombstone_created",
+            actor=origin_node_id,
+            target=tombstone_id,
+            detail={"entity_uri": entity, "scope": scope, "legal_hold": legal_hold, "origin_node_id": origin_node_id},
+        )
+        _changed(tenant)
+    return True
+
+
+def store_remote_revocation(tenant: str, record: Mapping[str, Any], origin_node_id: str) -> bool:
+    """Store a revocation pulled from the peer ``origin_node_id``; False when already stored.
+
+    A peer may only revoke a tombstone it sent: one held here from the same peer in the same
+    tenant (else RemoteRecordRejected ``unknown_tombstone``). The caller has verified the
+    signature. A tombstone already revoked (by this or another revocation id) is left as it is.
+    """
+    max_id = TombstoneRevocation._meta.get_field("id").max_length
+    revocation_id = _remote_text(record, "id", max_id)
+    tombstone_id = _remote_text(record, "tombstone_id", Tombstone._meta.get_field("id").max_length)
+    revoked_text, revoked_at = _remote_time(record, "revoked_at")
+    revocation = TombstoneRevocation(
+        id=revocation_id,
+        tombstone_id=tombstone_id,
+        reason=_remote_reason(record),
+        revoked_by=_remote_text(record, "revoked_by", MAX_URI_LENGTH),
+        signed_by=_remote_text(record, "signed_by", 255),
+        key_id=_remote_text(record, "key_id", 16),
+        signature=_remote_text(record, "signature", 100),
+        revoked_at=revoked_at,
+        revoked_at_text=revoked_text,
+    )
+    with transaction.atomic():
+        tombstone = (
+            Tombstone.objects.select_for_update()
+            .filter(id=tombstone_id, tenant=tenant, origin_node_id=origin_node_id)
+            .first()
+        )
+        if tombstone is None:
+            raise RemoteRecordRejected("unknown_tombstone", "no tombstone with this id was received from this peer")
+        if TombstoneRevocation.objects.filter(Q(id=revocation_id) | Q(tombstone=tombstone)).exists():
+            return False
+        revocation.save(force_insert=True)
+        audit.record(
+            tenant,
+            "tombstone_revoked",
+            actor=origin_node_id,
+            target=tombstone_id,
+            detail={
+                "revocation_id": revocation_id,
+                "entity_uri": tombstone.entity_uri,
+                "scope": tombstone.scope,
+                "origin_node_id": origin_node_id,
+            },
+        )
+        _changed(tenant)
+    return True
 
 
 # --- suppression (read path) ------------------------------------------------------------------

@@ -174,6 +174,8 @@ def admin_key(db, settings, in_process_requests) -> str:
     seed_subscriptions()
     # Generated webhook hosts must not be looked up in real DNS.
     settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE = True
+    # Federation on, so its endpoints are fuzzed past the "disabled" 404 (peer tokens then answer 401).
+    settings.STIGMEM_FEDERATION_ENABLED = True
     issue_key(tenant="default", entity_uri="stigmem://test/agent/other", permissions=["read"])  # one to revoke
     return issue_key(tenant="default", entity_uri=FUZZER, permissions=ALL_PERMISSIONS).raw_key
 

@@ -25,6 +25,7 @@ from stigmem.schedules import ensure_schedules
 from stigmem.tombstones import create_tombstone, revoke_tombstone
 from subscriptions.models import Subscription
 from subscriptions.service import send_test_event
+from tests.federation.helpers import make_remote_peer
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def populated(client, superuser):
     revoke_tombstone(tenant="default", tombstone_id=tombstone.id, reason="lifted", actor="test")
     ensure_identity()
     ensure_schedules()
+    make_remote_peer(status="pending_approval")
     get_user_model().objects.create_user("someone", password="another-long-password")
     from django.contrib.auth.models import Group
 
