@@ -31,13 +31,6 @@ CONNECT = "admin:federation_peer_connect"
 REMOTE = "http://127.0.0.1:8765"
 
 
-@pytest.fixture(autouse=True)
-def _federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    # Fake peers live on 127.0.0.1 (mocked by `responses`): the SSRF guard would refuse them.
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
-
-
 @pytest.fixture
 def browser(db) -> Client:
     client = Client()

@@ -20,18 +20,6 @@ from stigmem.node import node_id
 from tests.federation.declarations import RemoteNode
 
 
-@pytest.fixture(autouse=True)
-def _federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
-
-
-@pytest.fixture
-def remote_http():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def federation(*args: str) -> str:
     out = StringIO()
     call_command("federation", *args, stdout=out)

@@ -24,19 +24,6 @@ from tests.federation.declarations import RemoteNode, b64url, signed_at
 PEERS = "/v1/federation/peers"
 
 
-@pytest.fixture(autouse=True)
-def _federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    # Fake remotes have names that must not be looked up in DNS; the private-address case turns this off.
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
-
-
-@pytest.fixture
-def remote_http():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 @pytest.fixture
 def federator(make_client):
     return make_client(["federate"], entity="stigmem://test/agent/federator")

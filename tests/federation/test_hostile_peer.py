@@ -28,8 +28,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True  # the hanging peer listens on 127.0.0.1
     settings.STIGMEM_FEDERATION_PULL_INTERVAL_S = 30
     settings.STIGMEM_FEDERATION_TIMEOUT_S = 1.0
     settings.STIGMEM_FEDERATION_PULL_CONCURRENCY = 4

@@ -17,18 +17,6 @@ from tests.federation.declarations import RemoteNode
 PEERS = "/v1/federation/peers"
 
 
-@pytest.fixture(autouse=True)
-def _federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
-
-
-@pytest.fixture
-def remote_http():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 @pytest.fixture
 def operator(make_client):
     return make_client(["admin:federation", "federate"], entity="stigmem://test/agent/operator")

@@ -47,8 +47,6 @@ INTERVAL = 30
 
 @pytest.fixture(autouse=True)
 def federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
     settings.STIGMEM_FEDERATION_PULL_INTERVAL_S = INTERVAL
     settings.STIGMEM_FEDERATION_PULL_BUDGET_S = 20.0
     settings.STIGMEM_FEDERATION_TIMEOUT_S = 2.0

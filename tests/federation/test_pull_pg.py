@@ -28,8 +28,6 @@ WORKERS = 6
 
 @pytest.fixture(autouse=True)
 def federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-    settings.STIGMEM_FEDERATION_ALLOW_PRIVATE = True
     settings.STIGMEM_FEDERATION_PULL_CONCURRENCY = 4
     NodeClock.objects.get_or_create(pk=1)
 

@@ -29,11 +29,6 @@ SOURCE = "stigmem://testnode/agent/writer"
 ADMIN = "stigmem://test/agent/admin"
 
 
-@pytest.fixture(autouse=True)
-def federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-
-
 @pytest.fixture
 def remote(db):
     return make_remote_peer()

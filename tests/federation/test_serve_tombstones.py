@@ -18,11 +18,6 @@ from tests.federation.helpers import make_remote_peer, peer_token
 ADMIN = "stigmem://test/agent/admin"
 
 
-@pytest.fixture(autouse=True)
-def federation_on(settings):
-    settings.STIGMEM_FEDERATION_ENABLED = True
-
-
 @pytest.fixture
 def remote(db):
     return make_remote_peer()
