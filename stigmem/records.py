@@ -10,6 +10,7 @@ from typing import Any
 from django.utils import timezone
 
 from stigmem import gardens, sanitizer
+from stigmem.confidence import effective_confidence
 from stigmem.models import Fact
 from stigmem.values import decode_value
 
@@ -61,7 +62,7 @@ def fact_record(
         "contradicted": fact.contradicted,
         "warnings": warnings or [],
         "source_trust": None,
-        "effective_confidence": None,
+        "effective_confidence": effective_confidence(fact, now),
         "quarantine_status": None,
         "quarantine_garden_id": None,
         "sanitizer_warnings": verdict.warnings,

@@ -144,6 +144,16 @@ STIGMEM_FEDERATION_TIMEOUT_S = env_number("STIGMEM_FEDERATION_TIMEOUT_S", 10.0, 
 STIGMEM_FEDERATION_PULL_CONCURRENCY = int(env_number("STIGMEM_FEDERATION_PULL_CONCURRENCY", 4))
 # A remote HLC further than this ahead of our clock is rejected on ingest.
 STIGMEM_FEDERATION_MAX_FUTURE_SKEW_S = int(env_number("STIGMEM_FEDERATION_MAX_FUTURE_SKEW_S", 300))
+# Decay (WIRE.md §7). A sweep over more facts than this (not a dry run) runs as a job on a worker.
+STIGMEM_ASYNC_JOB_THRESHOLD = int(env_number("STIGMEM_ASYNC_JOB_THRESHOLD", 100_000))
+# Minutes between scheduled policy sweeps of every tenant.
+STIGMEM_DECAY_SWEEP_MINUTES = int(env_number("STIGMEM_DECAY_SWEEP_MINUTES", 60))
+# Facts (by seq range) one sweep transaction covers: bounds how long writers wait for a sweep.
+STIGMEM_DECAY_CHUNK = int(env_number("STIGMEM_DECAY_CHUNK", 20_000))
+# Target milliseconds per sweep transaction: chunk sizes adapt to it, so writers wait at most about this long.
+STIGMEM_DECAY_CHUNK_MS = int(env_number("STIGMEM_DECAY_CHUNK_MS", 50))
+# A sweep lock not renewed for this long belongs to a dead process and may be taken over.
+STIGMEM_DECAY_LOCK_S = int(env_number("STIGMEM_DECAY_LOCK_S", 300))
 # Password of the `admin` login created on first start; generated and printed when unset.
 STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
 
@@ -187,6 +197,7 @@ INSTALLED_APPS = [
     "stigmem.apps.StigmemConfig",
     "subscriptions.apps.SubscriptionsConfig",
     "federation.apps.FederationConfig",
+    "decay.apps.DecayConfig",
 ]
 
 MIDDLEWARE = [

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from decay.policies import clear_cache as clear_policy_cache
 from stigmem.audit import auth_failures
 from stigmem.keys import issue_key
 from stigmem.ratelimit import buckets
@@ -48,14 +49,14 @@ def _fresh_auth_failure_counts():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_tombstones_and_node_key():
-    # Each test's database starts without tombstones or a stored key: nothing an earlier test
-    # cached in this process may answer for it.
-    clear_tombstone_cache()
-    clear_signing_key_cache()
+def _fresh_process_caches():
+    # Each test's database starts without tombstones, a stored key or decay policies: nothing an
+    # earlier test cached in this process may answer for it.
+    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache):
+        clear()
     yield
-    clear_tombstone_cache()
-    clear_signing_key_cache()
+    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache):
+        clear()
 
 
 @pytest.fixture

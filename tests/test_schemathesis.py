@@ -28,12 +28,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from decay.models import DecayPolicy
 from stigmem.auth import Caller
 from stigmem.fact_input import parse_fact_body
 from stigmem.facts import assert_facts
 from stigmem.gardens import add_member_from_body, create_garden_from_body
 from stigmem.keys import issue_key
-from stigmem.models import ApiKey, Conflict, Fact, Tombstone
+from stigmem.models import ApiKey, Conflict, Fact, Job, Tombstone
 from stigmem.tombstones import create_tombstone
 from subscriptions.models import Delivery, Subscription
 from subscriptions.service import new_signing_secret
@@ -147,6 +148,32 @@ def seed_subscriptions() -> None:
     )
 
 
+SEED_POLICY = 5151
+SEED_JOB = "5eed0000-0000-4000-8000-000000000003"
+
+
+def seed_decay() -> None:
+    """A decay policy and a finished sweep job, so their routes reach their success paths."""
+    DecayPolicy.objects.create(
+        pk=SEED_POLICY, tenant="default", name="seed", relation_prefix="seed:", ttl_seconds=86400
+    )
+    now = timezone.now()
+    Job.objects.create(
+        id=SEED_JOB,
+        tenant="default",
+        kind="decay",
+        status=Job.Status.DONE,
+        params={"ttl_seconds": 0},
+        estimated_s=1,
+        progress=1.0,
+        scanned=2,
+        decayed=2,
+        created_by=FUZZER,
+        started_at=now,
+        completed_at=now,
+    )
+
+
 @pytest.fixture
 def in_process_requests():
     """Keep the test's database connection open across in-process requests.
@@ -172,6 +199,7 @@ def admin_key(db, settings, in_process_requests) -> str:
     seed_gardens()
     seed_tombstones()
     seed_subscriptions()
+    seed_decay()
     # Generated webhook hosts must not be looked up in real DNS.
     settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE = True
     # Federation on, so its endpoints are fuzzed past the "disabled" 404 (peer tokens then answer 401).
@@ -213,6 +241,10 @@ def existing_ids(name: str) -> list[str]:
         return [SEED_SUBSCRIPTION]
     if name == "event_id":
         return [SEED_EVENT]
+    if name == "policy_id":
+        return [str(SEED_POLICY)]
+    if name == "job_id":
+        return [SEED_JOB]
     if name == "key_id":
         others = ApiKey.objects.exclude(entity_uri=FUZZER).order_by("created_at")
         return [str(key_id) for key_id in others.values_list("id", flat=True)]

@@ -18,7 +18,9 @@ from django_q.models import OrmQ, Schedule, Task
 from django_q.tasks import async_task
 from rest_framework.test import APIClient
 
+from decay.models import DecayPolicy
 from stigmem.auth import hash_key
+from stigmem.jobs import create_job
 from stigmem.models import ApiKey, Conflict, Fact, NodeIdentity
 from stigmem.node import ensure_identity
 from stigmem.schedules import ensure_schedules
@@ -88,6 +90,8 @@ def populated(client, superuser):
             attempt_count=1,
         )
     async_task("stigmem.tasks.heartbeat")  # a queued task (ORM broker)
+    DecayPolicy.objects.create(tenant="default", name="chat", relation_prefix="chat:", ttl_seconds=86400)
+    create_job("default", "decay", params={}, scope=None, dry_run=True, estimated_s=1, created_by="test")
     assert Fact.objects.count() == 2
     assert Conflict.objects.count() == 1
     assert ApiKey.objects.count() >= 1
