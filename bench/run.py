@@ -16,6 +16,9 @@ Scenarios (targets from the performance issue; the load generator shares the mac
   federation  two nodes, one pulling from the other (bench/replication.py; not in the default set):
           catch-up of a 50,000-fact backlog                          <= 60 s, >= 2,000 facts/s
           steady-state replication lag at 200 facts/s of writes      (measured)
+  decay   TTL sweep over 1,000,000 facts expiring half of them (bench/decay.py; not in the default set):
+          manage.py decay_sweep on SQLite                            <= 5 s
+          single asserts at 50/s during the sweep                    p95 <= 100 ms
 
 The node is ``manage.py runnode`` in a temporary STIGMEM_DATA_DIR on a free 127.0.0.1 port; with
 ``--database-url`` it uses a scratch PostgreSQL database created next to the given one and dropped
@@ -55,9 +58,12 @@ import wrkdriver  # noqa: E402
 from node import REPO, BenchNode  # noqa: E402
 from node import free_port as node_free_port  # noqa: E402
 
+# bench/decay.py (BENCH is first on sys.path), not the decay app.
+import decay  # noqa: E402
+
 RESULTS = BENCH / "results"
 SCENARIOS = ("batch", "single", "query")
-EXTRA_SCENARIOS = ("delivery", "federation")
+EXTRA_SCENARIOS = ("delivery", "federation", "decay")
 TARGETS = {
     "batch": ("facts_per_s", ">=", 10_000),
     "single": ("facts_per_s", ">=", 600),
@@ -407,7 +413,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark a throwaway stigmem node.", formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery, federation"
+        "--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery, federation, decay"
     )
     parser.add_argument("--facts", type=int, default=1_000_000, help="facts seeded before the query scenario")
     parser.add_argument("--database-url", help="PostgreSQL server URL; a scratch database is created beside it")
@@ -437,6 +443,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--federation-backlog", type=int, default=50_000, help="federation: facts to catch up on")
     parser.add_argument("--federation-rate", type=float, default=200.0, help="federation: writes/s, steady state")
     parser.add_argument("--federation-seconds", type=float, default=30.0, help="federation: steady-state seconds")
+    parser.add_argument("--decay-facts", type=int, default=1_000_000, help="decay: facts seeded (half expire)")
+    parser.add_argument("--decay-gap", type=float, default=5.0, help="decay: seconds between the two seeded halves")
+    parser.add_argument("--decay-rate", type=float, default=50.0, help="decay: single asserts per s meanwhile")
+    parser.add_argument("--decay-clients", type=int, default=4, help="decay: clients sending those asserts")
+    parser.add_argument("--decay-baseline", type=float, default=10.0, help="decay: seconds of asserts before it")
+    parser.add_argument("--decay-tail", type=float, default=3.0, help="decay: seconds of asserts after it")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
@@ -521,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "delivery" in args.only:
                     receiver = stack.enter_context(delivery.Receiver(node_free_port(), data_dir / "receiver.log"))
                     report["delivery"] = delivery.run(args, node, receiver, lambda: scenario.single(keys), stamp)
+                if "decay" in args.only:
+                    report["decay"] = decay.run(args, node, stamp, wait_for_quiet)
             if "federation" in args.only:
                 urls = (database_url, None)
                 if database_url:
@@ -537,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results, seeding) if results or seeding else ""
     if "delivery" in report:
         text = (text + "\n\n" if text else "") + delivery.table(report["delivery"])
+    if "decay" in report:
+        text = (text + "\n\n" if text else "") + decay.table(report["decay"])
     if "federation" in report:
         text = (text + "\n\n" if text else "") + replication.table(report["federation"])
     print()
