@@ -371,9 +371,7 @@ def _record_chunk(request: SweepRequest, lease, lo: int, hi: int, expired: int, 
         [request.tenant, lo, hi, *marker],
     )
     # The clock is held, so these seqs are consecutive: the SELECT numbers its rows after the first.
-    first = lease.next_event_seq()
-    for _ in range(expired - 1):
-        lease.next_event_seq()
+    first = lease.reserve_event_seqs(expired)
     payload = _json_payload(reason_ttl)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -482,8 +480,10 @@ def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction
     chunks = 0
     sizer = _Sizer()
     for lo, hi, confidences in _chunks(plan, start, last, sizer):
-        began = time.perf_counter()
         with clock_transaction() as lease:
+            # The budget is for how long this chunk holds the writers' lock, so the clock starts once
+            # the lock is ours: time spent queueing behind writers must not shrink the chunks.
+            began = time.perf_counter()
             _renew(request.tenant, owner)
             expired, reason_ttl = _expire_chunk(request, plan, lo, hi, confidences, marker)
             if expired:

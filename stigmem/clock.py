@@ -43,6 +43,13 @@ class ClockLease:
         self._dirty = True
         return self._row.last_event_seq
 
+    def reserve_event_seqs(self, count: int) -> int:
+        """Hand out ``count`` consecutive event seqs at once (set-based inserts); returns the first."""
+        first = self._row.last_event_seq + 1
+        self._row.last_event_seq += count
+        self._dirty = True
+        return first
+
     def tick(self) -> Hlc:
         self._hlc = tick(self._hlc, now_ms())
         self._dirty = True
