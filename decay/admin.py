@@ -235,19 +235,6 @@ class DecayPolicyForm(forms.ModelForm):
             )
 
 
-def _policy_detail(policy: DecayPolicy) -> dict[str, Any]:
-    # The same detail as the API's audit rows (decay.service), so one reader serves both.
-    return {
-        "name": policy.name,
-        "relation_prefix": policy.relation_prefix,
-        "scope": policy.scope or None,
-        "ttl_seconds": policy.ttl_seconds,
-        "half_life_seconds": policy.half_life_seconds,
-        "min_confidence": policy.min_confidence,
-        "enabled": policy.enabled,
-    }
-
-
 @admin.register(DecayPolicy)
 class DecayPolicyAdmin(admin.ModelAdmin):
     form = DecayPolicyForm
@@ -298,26 +285,26 @@ class DecayPolicyAdmin(admin.ModelAdmin):
         # The admin's change view runs in a transaction: the row, its audit entry and the cache
         # invalidation (again on commit) go together.
         if change:
-            before = _policy_detail(DecayPolicy.objects.get(pk=obj.pk))
+            before = service.audit_detail(DecayPolicy.objects.get(pk=obj.pk))
         else:
             obj.created_by = _actor(request)
         super().save_model(request, obj, form, change)
         if change:
-            event, detail = "decay_policy_updated", {"before": before, "after": _policy_detail(obj)}
+            event, detail = "decay_policy_updated", {"before": before, "after": service.audit_detail(obj)}
         else:
-            event, detail = "decay_policy_created", _policy_detail(obj)
+            event, detail = "decay_policy_created", service.audit_detail(obj)
         audit.record(obj.tenant, event, actor=_actor(request), target=str(obj.pk), detail=detail)
         policies.changed(obj.tenant)
 
     def delete_model(self, request: HttpRequest, obj: DecayPolicy) -> None:
-        tenant, target, detail = obj.tenant, str(obj.pk), _policy_detail(obj)
+        tenant, target, detail = obj.tenant, str(obj.pk), service.audit_detail(obj)
         super().delete_model(request, obj)
         audit.record(tenant, "decay_policy_deleted", actor=_actor(request), target=target, detail=detail)
         policies.changed(tenant)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DecayPolicy]) -> None:
         with transaction.atomic():
-            doomed = [(policy.tenant, str(policy.pk), _policy_detail(policy)) for policy in queryset]
+            doomed = [(policy.tenant, str(policy.pk), service.audit_detail(policy)) for policy in queryset]
             super().delete_queryset(request, queryset)
             for tenant, target, detail in doomed:
                 audit.record(tenant, "decay_policy_deleted", actor=_actor(request), target=target, detail=detail)

@@ -361,7 +361,7 @@ def create_policy(caller: Caller, body: Any) -> DecayPolicy:
             "decay_policy_created",
             actor=caller.entity_uri,
             target=str(policy.pk),
-            detail=_audit_detail(policy),
+            detail=audit_detail(policy),
         )
         policies.changed(caller.tenant)
     return policy
@@ -371,7 +371,7 @@ def update_policy(caller: Caller, policy_id: str, body: Any) -> DecayPolicy:
     with transaction.atomic():
         policy = get_policy(caller.tenant, policy_id, for_update=True)
         fields = _parse_policy_fields(body, partial=True)
-        before = _audit_detail(policy)
+        before = audit_detail(policy)
         for name, value in fields.items():
             setattr(policy, name, value)
         _require_a_rule(policy)
@@ -381,7 +381,7 @@ def update_policy(caller: Caller, policy_id: str, body: Any) -> DecayPolicy:
             "decay_policy_updated",
             actor=caller.entity_uri,
             target=str(policy.pk),
-            detail={"before": before, "after": _audit_detail(policy)},
+            detail={"before": before, "after": audit_detail(policy)},
         )
         policies.changed(caller.tenant)
     return policy
@@ -390,14 +390,15 @@ def update_policy(caller: Caller, policy_id: str, body: Any) -> DecayPolicy:
 def delete_policy(caller: Caller, policy_id: str) -> None:
     with transaction.atomic():
         policy = get_policy(caller.tenant, policy_id, for_update=True)
-        detail = _audit_detail(policy)
+        detail = audit_detail(policy)
         target = str(policy.pk)
         policy.delete()
         audit.record(caller.tenant, "decay_policy_deleted", actor=caller.entity_uri, target=target, detail=detail)
         policies.changed(caller.tenant)
 
 
-def _audit_detail(policy: DecayPolicy) -> dict[str, Any]:
+def audit_detail(policy: DecayPolicy) -> dict[str, Any]:
+    """A policy as its audit rows record it (the API and the admin write the same shape)."""
     return {
         "name": policy.name,
         "relation_prefix": policy.relation_prefix,

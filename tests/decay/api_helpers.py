@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decay.models import DecayPolicy
 from stigmem.fact_input import parse_fact_body
 from stigmem.facts import assert_facts
 from stigmem.models import AuditEvent, Fact, Job
@@ -42,4 +43,20 @@ def snapshot() -> tuple:
         sorted(Fact.objects.values_list("id", "expired_at")),
         Job.objects.count(),
         AuditEvent.objects.filter(event_type__startswith="decay").count(),
+    )
+
+
+def policy_rows() -> list[tuple]:
+    """Every stored policy's fields, to show that a refused request changed nothing."""
+    return list(
+        DecayPolicy.objects.order_by("pk").values_list(
+            "tenant",
+            "name",
+            "relation_prefix",
+            "scope",
+            "ttl_seconds",
+            "half_life_seconds",
+            "min_confidence",
+            "enabled",
+        )
     )

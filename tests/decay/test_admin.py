@@ -12,6 +12,7 @@ from django.urls import reverse
 from decay.models import DecayPolicy
 from stigmem.jobs import claim, create_job, fail, finish
 from stigmem.models import AuditEvent, Event, Fact, FactHead, Job
+from tests.decay.api_helpers import policy_rows
 
 POLICIES = "admin:decay_decaypolicy_changelist"
 POLICY_ADD = "admin:decay_decaypolicy_add"
@@ -65,21 +66,6 @@ def form_errors(response) -> dict:
     assert response.status_code == 200, response.status_code  # the form again, not a redirect
     form = response.context["adminform"].form
     return form.errors
-
-
-def policy_state() -> list[tuple]:
-    return list(
-        DecayPolicy.objects.order_by("pk").values_list(
-            "tenant",
-            "name",
-            "relation_prefix",
-            "scope",
-            "ttl_seconds",
-            "half_life_seconds",
-            "min_confidence",
-            "enabled",
-        )
-    )
 
 
 def decay_audit() -> list[AuditEvent]:
@@ -229,10 +215,10 @@ def test_bad_edits_are_refused_and_change_nothing(browser, db, overrides, field)
     policy = DecayPolicy.objects.create(
         tenant="default", name="chat ages", relation_prefix="chat:", half_life_seconds=60
     )
-    before = policy_state()
+    before = policy_rows()
     errors = form_errors(browser.post(policy_url(policy), form_data(**overrides)))
     assert list(errors) == [field], errors
-    assert policy_state() == before
+    assert policy_rows() == before
     assert decay_audit() == []
 
 
@@ -244,7 +230,7 @@ def test_a_policy_with_only_a_floor_or_only_a_ttl_is_fine(browser, db):
     ):
         response = browser.post(reverse(POLICY_ADD), form_data(name=name, **overrides))
         assert response.status_code == 302, form_errors(response)
-    assert [(p[1], p[4], p[6]) for p in policy_state()] == [
+    assert [(p[1], p[4], p[6]) for p in policy_rows()] == [
         ("floor", None, 0.0),
         ("ttl zero", 0, None),
         ("floor one", None, 1.0),
@@ -253,12 +239,12 @@ def test_a_policy_with_only_a_floor_or_only_a_ttl_is_fine(browser, db):
 
 def test_a_second_policy_with_the_same_match_is_a_form_error(browser, db):
     first = DecayPolicy.objects.create(tenant="default", name="first", relation_prefix="chat:", ttl_seconds=60)
-    before = policy_state()
+    before = policy_rows()
     response = browser.post(reverse(POLICY_ADD), form_data(name="second"))
     errors = form_errors(response)
     assert list(errors) == ["__all__"]
     assert errors["__all__"] == ["Decay policy with this Tenant, Relation prefix and Scope already exists."]
-    assert policy_state() == before
+    assert policy_rows() == before
     assert decay_audit() == []
     # The same match in another tenant, or another scope in this one, is a different policy.
     assert browser.post(reverse(POLICY_ADD), form_data(name="acme", tenant="acme")).status_code == 302
@@ -267,12 +253,12 @@ def test_a_second_policy_with_the_same_match_is_a_form_error(browser, db):
 
     # Editing another policy into the same match is refused too (not an IntegrityError).
     team = DecayPolicy.objects.get(name="team only")
-    before = policy_state()
+    before = policy_rows()
     response = browser.post(policy_url(team), form_data(name="team only", scope=""))
     assert form_errors(response) == {
         "__all__": ["The policy “first” already has this relation prefix and scope in tenant default."]
     }
-    assert policy_state() == before
+    assert policy_rows() == before
     # Saving a policy unchanged does not clash with itself.
     assert (
         browser.post(policy_url(first), form_data(name="first", ttl_seconds="60", half_life_seconds="")).status_code

@@ -6,7 +6,7 @@ import pytest
 
 from decay.models import DecayPolicy
 from stigmem.models import AuditEvent
-from tests.decay.api_helpers import seed
+from tests.decay.api_helpers import policy_rows, seed
 
 POLICIES = "/v1/decay/policies"
 RECORD_KEYS = {
@@ -21,21 +21,6 @@ RECORD_KEYS = {
     "created_at",
     "updated_at",
 }
-
-
-def policy_rows() -> list[tuple]:
-    return list(
-        DecayPolicy.objects.order_by("pk").values_list(
-            "tenant",
-            "name",
-            "relation_prefix",
-            "scope",
-            "ttl_seconds",
-            "half_life_seconds",
-            "min_confidence",
-            "enabled",
-        )
-    )
 
 
 def audit_rows() -> int:
