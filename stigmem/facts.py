@@ -239,12 +239,14 @@ def _current_heads(tenant: str, keys: set[Key]) -> dict[Key, Fact]:
     scopes = list({k[2] for k in keys})
     heads: dict[Key, Fact] = {}
     for entities in _chunks({k[0] for k in keys}):
-        # A head's key is its fact's (entity, relation, scope, garden).
+        # A head's key is its fact's (entity, relation, scope, garden). A head whose fact has
+        # expired is no current value: decay leaves the row in place (see ``FactHead``).
         sql = (
             "SELECT f.*"
             f" FROM {FactHead._meta.db_table} h JOIN {Fact._meta.db_table} f ON f.id = h.fact_id"
             f" WHERE h.tenant = %s AND h.entity IN ({_placeholders(entities)})"
             f" AND h.relation IN ({_placeholders(relations)}) AND h.scope IN ({_placeholders(scopes)})"
+            " AND f.expired_at IS NULL"
         )
         for fact in Fact.objects.raw(sql, [tenant, *entities, *relations, *scopes]):
             key = (fact.entity, fact.relation, fact.scope, fact.garden)

@@ -227,7 +227,8 @@ def _filtered(rows: QuerySet[Fact], query: FactQuery, now: datetime) -> QuerySet
     if query.min_confidence is not None:
         rows = rows.filter(confidence__gte=query.min_confidence)
     if not query.include_contradicted:
-        rows = rows.filter(head__isnull=False)
+        # Current values: the head of their key, unless decay expired it (FactHead).
+        rows = rows.filter(head__isnull=False, expired_at__isnull=True)
     if not query.include_expired:
         rows = rows.filter(Q(valid_until_at__isnull=True) | Q(valid_until_at__gt=now), expired_at__isnull=True)
     if query.after is not None:

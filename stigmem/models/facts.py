@@ -111,7 +111,14 @@ class Fact(models.Model):
 
 
 class FactHead(models.Model):
-    """The current value of one (tenant, entity, relation, scope) key."""
+    """The current value of one (tenant, entity, relation, scope) key.
+
+    The row points at the key's most recently asserted fact; the key has a current value when
+    that fact has not expired. Decay expiry leaves the row in place rather than deleting it:
+    deleting one head per expired fact touched random pages of three B-trees and cost more
+    than the rest of a sweep together (docs/PERFORMANCE.md). The next write to the key
+    overwrites the row, as it would have re-created a deleted one.
+    """
 
     tenant = models.CharField(max_length=64)
     entity = models.CharField(max_length=MAX_URI_LENGTH)

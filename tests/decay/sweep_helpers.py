@@ -10,7 +10,10 @@ from django.utils import timezone
 
 from stigmem.fact_input import parse_fact_body
 from stigmem.facts import assert_facts
-from stigmem.models import AuditEvent, Event, Fact, FactHead
+from stigmem.auth import Caller
+from stigmem.limits import QUERY_LIMIT_MAX
+from stigmem.models import AuditEvent, Event, Fact
+from stigmem.queries import FactQuery, run_fact_query
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = 3600
@@ -52,11 +55,18 @@ def expired_ids(tenant: str = "default") -> set:
     return set(Fact.objects.filter(tenant=tenant, expired_at__isnull=False).values_list("id", flat=True))
 
 
+def current_ids(tenant: str = "default") -> set:
+    """The facts that are their key's current value, as the query API answers it (expired included)."""
+    caller = Caller(entity_uri="stigmem://test/agent/admin", tenant=tenant, permissions=frozenset({"admin"}))
+    page = run_fact_query(caller, FactQuery(include_expired=True, limit=QUERY_LIMIT_MAX))
+    return {fact.id for fact in page.facts}
+
+
 def snapshot() -> tuple:
     """Everything a sweep may change."""
     return (
         sorted(Fact.objects.values_list("id", "expired_at", "expired_by")),
-        sorted(FactHead.objects.values_list("fact_id", flat=True)),
+        sorted(i for tenant in set(Fact.objects.values_list("tenant", flat=True)) for i in current_ids(tenant)),
         Event.objects.count(),
         AuditEvent.objects.filter(event_type="decay_sweep").count(),
     )

@@ -361,7 +361,7 @@ def facts(client) -> dict[str, dict]:
 def unchanged_snapshot() -> tuple:
     return (
         list(Fact.objects.order_by("seq").values_list("id", "expired_at", "expired_by")),
-        list(FactHead.objects.order_by("pk").values_list("pk", flat=True)),
+        list(FactHead.objects.order_by("pk").values_list("pk", "fact_id")),
         Event.objects.count(),
         AuditEvent.objects.exclude(event_type__startswith="decay_policy_").count(),
     )

@@ -10,12 +10,13 @@ from django.test import override_settings
 from decay import sweep
 from decay.models import DecayPolicy, SweepLock
 from decay.sweep import SweepBusy, SweepRequest, facts_in_scope, preview, run_sweep
-from stigmem.models import AuditEvent, Event, Fact, FactHead, Job
+from stigmem.models import AuditEvent, Conflict, Event, Fact, Job
 from tests.decay.sweep_helpers import (
     DAY,
     HOUR,
     T0,
     ago,
+    current_ids,
     body,
     expired_ids,
     expiry_events,
@@ -51,8 +52,7 @@ def test_ttl_expires_older_facts_only_and_skips_valid_until():
     assert fact.expired_at == T0 and fact.expired_by == "decay:sweep"
     # Content untouched.
     assert (fact.value_v, fact.confidence, fact.timestamp) == (old.value_v, old.confidence, old.timestamp)
-    assert not FactHead.objects.filter(fact_id=old.id).exists()
-    assert FactHead.objects.filter(fact_id__in=[new.id, valid.id]).count() == 2
+    assert current_ids() == {new.id, valid.id}
 
 
 def test_ttl_boundary_is_strict():
@@ -204,7 +204,7 @@ def test_scope_filter_and_tenant_isolation():
     assert sweep_at(T0, SweepRequest(tenant="default", ttl_seconds=HOUR)).decayed == 1
     assert expired_ids() == {team.id, local.id}
     assert expired_ids("acme") == set()
-    assert FactHead.objects.filter(fact_id=foreign.id).exists()
+    assert current_ids("acme") == {foreign.id}
     assert expiry_events("acme") == []
 
 
@@ -232,6 +232,22 @@ def test_expired_key_leaves_reads_but_shows_with_include_expired(make_client):
     assert [(r["id"], r["expired"]) for r in records] == [(str(fact.id), True)]
     detail = reader.get(f"/v1/facts/{fact.id}")
     assert detail.status_code == 200 and detail.json()["expired"] is True
+
+
+def test_writes_after_expiry_treat_the_key_as_without_current_value():
+    (gone,) = write(ago(DAY), body("k", value="old"))
+    (other,) = write(ago(DAY), body("r", value="old"))
+    sweep_at(T0, SweepRequest(tenant="default", ttl_seconds=HOUR))
+    assert current_ids() == set()
+    # Another source's different value is no dispute with an expired value: no conflict, it is current.
+    (newer,) = write(T0, body("k", value="new", source="stigmem://test/agent/other"))
+    assert current_ids() == {newer.id}
+    assert not Conflict.objects.exists()
+    assert not Fact.objects.get(id=newer.id).contradicted
+    # A retraction of a key whose value expired leaves it without a current value.
+    write(T0, body("r", value="old", confidence=0.0))
+    assert current_ids() == {newer.id}
+    assert Fact.objects.get(id=gone.id).expired_at == T0 and Fact.objects.get(id=other.id).expired_at == T0
 
 
 def test_events_once_per_fact_audit_once_and_rerun_is_idempotent():
@@ -310,7 +326,7 @@ def test_crash_mid_sweep_then_rerun_finishes_exactly_once(monkeypatch):
     assert (job.scanned, job.decayed, job.progress) == (10, 10, 1.0)
     assert expired_ids() == {f.id for f in facts}
     assert sorted(p["fact_id"] for p in expiry_events()) == sorted(str(f.id) for f in facts)
-    assert not FactHead.objects.filter(fact_id__in=[f.id for f in facts]).exists()
+    assert current_ids() == set()
     assert AuditEvent.objects.filter(event_type="decay_sweep").count() == 1
 
 
