@@ -94,27 +94,30 @@ def chunk_budget_s() -> float:
 
 
 class _Sizer:
-    """How many facts the next chunk spans: at most STIGMEM_DECAY_CHUNK, and as many as fit the budget.
+    """How many facts the next step spans: at most STIGMEM_DECAY_CHUNK, and as many as fit its time.
 
-    A chunk transaction holds the node clock, so its duration is what a concurrent writer may wait.
-    Chunks with much to expire cost far more per fact than chunks with nothing to expire, so the
-    size follows the measured time per chunk towards ``STIGMEM_DECAY_CHUNK_MS`` instead of being fixed.
+    A chunk transaction holds the node clock and runs steps (one UPDATE and one INSERT ... SELECT
+    each) until ``STIGMEM_DECAY_CHUNK_MS`` is spent, or a writer queues behind it: a step lasts
+    about a quarter of the budget, so a queued writer waits about that long, not a whole chunk.
+    Steps with much to expire cost far more per fact than steps with nothing to expire, so the
+    size follows the measured time per step instead of being fixed.
     """
 
     FLOOR = 500
+    STEPS_PER_CHUNK = 4
 
     def __init__(self) -> None:
         self.largest = chunk_size()
         self.smallest = min(self.FLOOR, self.largest)
-        self.size = self.largest if self.largest <= self.FLOOR else max(self.smallest, self.largest // 4)
+        self.size = self.largest if self.largest <= self.FLOOR else max(self.smallest, self.largest // 16)
 
     def observe(self, seconds: float) -> None:
-        budget = chunk_budget_s()
-        if budget <= 0:
+        target = chunk_budget_s() / self.STEPS_PER_CHUNK
+        if target <= 0:
             self.size = self.largest
             return
-        # Damped: at most x2 up or /4 down per chunk, so one slow commit does not collapse the size.
-        wanted = self.size * budget / max(seconds, 1e-4)
+        # Damped: at most x2 up or /4 down per step, so one slow statement does not collapse the size.
+        wanted = self.size * target / max(seconds, 1e-4)
         wanted = min(self.size * 2, max(self.size / 4, wanted))
         self.size = int(min(self.largest, max(self.smallest, wanted)))
 
@@ -318,7 +321,10 @@ def _distinct_confidences(request: SweepRequest, lo: int, hi: int) -> list[float
 
 
 def _chunks(plan: _Plan, start: int, last: int, sizer: _Sizer | None = None):
-    """(lo, hi, distinct confidences) of each chunk of the tenant's facts with start < seq <= last."""
+    """(lo, hi, distinct confidences, size) of each step over the tenant's facts with start < seq <= last.
+
+    A step spans ``size`` facts (the sizer's, or STIGMEM_DECAY_CHUNK), fewer at the end.
+    """
     request = plan.request
     lo = start
     while lo < last:
@@ -329,7 +335,7 @@ def _chunks(plan: _Plan, start: int, last: int, sizer: _Sizer | None = None):
             if len(confidences) <= MAX_DISTINCT_CONFIDENCES or size == 1:
                 break
             size //= 2
-        yield lo, hi, confidences
+        yield lo, hi, confidences, size
         lo = hi
 
 
@@ -408,30 +414,26 @@ def _record_chunk(request: SweepRequest, lease, lo: int, hi: int, expired: int, 
 
 
 class _Checkpointer:
-    """On SQLite in WAL mode: checkpoint the WAL after each chunk, outside the chunk's transaction.
+    """On SQLite in WAL mode: checkpoint the WAL after each chunk, off the chunk's transaction.
 
-    A chunk writes thousands of pages to the WAL; left alone, SQLite's automatic checkpoint runs
-    inside the commit that crosses its threshold, while the writer lock is still held, and then
-    a concurrent writer waits for its fsyncs too (or pays them itself, being the next committer).
-    The sweep's connection turns that off, and a thread with a connection of its own runs a
-    PASSIVE checkpoint (which never blocks writers) after each chunk, while the sweep goes on
-    with the next one: copying and syncing pages overlaps the next chunk's SQL instead of adding
-    to the sweep's time. Nothing to do on PostgreSQL, or inside a caller's transaction.
+    A chunk writes a thousand pages or more to the WAL. The sweep's connection leaves the
+    backend's checkpoints after commit to a thread with a connection of its own, which runs a
+    PASSIVE checkpoint (it never blocks writers) after each chunk while the sweep goes on with
+    the next one: copying and syncing pages overlaps the next chunk's SQL instead of adding to
+    the sweep's time. Nothing to do on PostgreSQL, or inside a caller's transaction.
     """
 
     def __init__(self) -> None:
         self.active = connection.vendor == "sqlite" and not connection.in_atomic_block
-        self.previous = None
+        self.previous = False
         self._due = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _Checkpointer:
         if self.active:
-            with connection.cursor() as cursor:
-                cursor.execute("PRAGMA wal_autocheckpoint")
-                self.previous = cursor.fetchone()[0]
-                cursor.execute("PRAGMA wal_autocheckpoint = 0")
+            self.previous = getattr(connection, "checkpoints_elsewhere", False)
+            connection.checkpoints_elsewhere = True
             self._thread = threading.Thread(target=self._run, name="decay-checkpoint", daemon=True)
             self._thread.start()
         return self
@@ -467,9 +469,7 @@ class _Checkpointer:
             self._stopping = True
             self._due.set()  # one last checkpoint of what the final chunks wrote, then stop
             self._thread.join()
-        if self.previous is not None:
-            with connection.cursor() as cursor:
-                cursor.execute(f"PRAGMA wal_autocheckpoint = {int(self.previous)}")
+        connection.checkpoints_elsewhere = self.previous
 
 
 # --- the lock ------------------------------------------------------------------------------------
@@ -528,34 +528,66 @@ def _count(plan: _Plan, lo: int, hi: int, confidences) -> int:
     )
 
 
+def _yield_to_writers() -> None:
+    """Let the writers that queued during the last chunk go first (SQLite; PostgreSQL queues fairly).
+
+    Without it the sweep, ready again a moment after its commit, often takes the lock back before
+    them, and a writer waits several chunks instead of one. Waits at most one chunk budget.
+    """
+    yield_to_queued_writers = getattr(connection, "yield_to_queued_writers", None)
+    if yield_to_queued_writers is not None:
+        yield_to_queued_writers(chunk_budget_s())
+
+
+def _writers_queued() -> bool:
+    """Whether a writer is queued for the writer lock (SQLite; on PostgreSQL chunks run to their budget)."""
+    writers_queued = getattr(connection, "writers_queued", None)
+    return writers_queued is not None and writers_queued()
+
+
 def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction, progress, checkpoints):
-    """The chunk loop of a sweep: each chunk one clock transaction. Returns (decayed, scanned, chunks)."""
+    """The chunk loop of a sweep: each chunk one clock transaction of steps. Returns (decayed, scanned, chunks)."""
     scanned, decayed = counts
     chunks = 0
     sizer = _Sizer()
-    for lo, hi, confidences in _chunks(plan, start, last, sizer):
+    steps = _chunks(plan, start, last, sizer)
+    step = next(steps, None)
+    while step is not None:
+        _yield_to_writers()
+        chunk_expired = 0
         with clock_transaction() as lease:
             # The budget is for how long this chunk holds the writers' lock, so the clock starts once
             # the lock is ours: time spent queueing behind writers must not shrink the chunks.
             began = time.perf_counter()
             _renew(request.tenant, owner)
-            expired, reason = _expire_chunk(request, plan, lo, hi, confidences, marker)
-            if expired:
-                _record_chunk(request, lease, lo, hi, expired, reason, marker)
+            covered = 0
+            while step is not None:
+                lo, hi, confidences, size = step
+                step_began = time.perf_counter()
+                expired, reason = _expire_chunk(request, plan, lo, hi, confidences, marker)
+                if expired:
+                    _record_chunk(request, lease, lo, hi, expired, reason, marker)
+                sizer.observe(time.perf_counter() - step_began)
+                chunk_expired += expired
+                covered += size
+                reached = hi
+                step = next(steps, None)
+                if covered >= sizer.largest or time.perf_counter() - began >= chunk_budget_s() or _writers_queued():
+                    break
+            if chunk_expired:
                 logtail.kick_on_commit()
-            scanned += expired
-            decayed += expired
+            scanned += chunk_expired
+            decayed += chunk_expired
             if job is not None:
-                job.position, job.progress, job.scanned, job.decayed = hi, fraction(hi), scanned, decayed
+                job.position, job.progress, job.scanned, job.decayed = reached, fraction(reached), scanned, decayed
                 Job.objects.filter(pk=job.pk).update(
-                    position=hi, progress=job.progress, scanned=scanned, decayed=decayed
+                    position=reached, progress=job.progress, scanned=scanned, decayed=decayed
                 )
-        sizer.observe(time.perf_counter() - began)
-        if expired:
+        if chunk_expired:
             checkpoints.after_chunk()
         chunks += 1
         if progress is not None:
-            progress(fraction(hi))
+            progress(fraction(reached))
     return decayed, scanned, chunks
 
 
@@ -585,7 +617,7 @@ def run_sweep(
 
     if request.dry_run:
         if not plan.empty:
-            for lo, hi, confidences in _chunks(plan, start, last):
+            for lo, hi, confidences, _size in _chunks(plan, start, last):
                 scanned += _count(plan, lo, hi, confidences)
                 if progress is not None:
                     progress(fraction(hi))
@@ -641,7 +673,7 @@ def preview(policy: DecayPolicy, *, limit: int = 20) -> tuple[int, list[Fact]]:
         return 0, []
     low, last = _bounds(policy.tenant)
     count, ids = 0, []
-    for lo, hi, confidences in _chunks(plan, low - 1, last):
+    for lo, hi, confidences, _size in _chunks(plan, low - 1, last):
         candidate, _ = plan.predicates(confidences)
         if candidate.text == "1=0":
             continue

@@ -69,12 +69,20 @@ def _claim_cursor(consumer: Consumer) -> ConsumerCursor | None:
 def run_batch(consumer: Consumer) -> int:
     """Hand the next batch after the cursor to the consumer; returns how many rows it got."""
     model = Fact if consumer.log == ConsumerCursor.Log.FACTS else Event
+    # The batch is read before the write transaction: on SQLite that transaction holds the one
+    # writer lock, and loading 500 rows inside it made every writer behind a busy consumer wait.
+    position = (
+        ConsumerCursor.objects.filter(consumer=consumer.name, log=consumer.log)
+        .values_list("position", flat=True)
+        .first()
+    )
+    rows = list(model.objects.filter(seq__gt=position or 0).order_by("seq")[: consumer.batch_size])
+    if not rows:
+        return 0
     with transaction.atomic():
         cursor = _claim_cursor(consumer)
-        if cursor is None:
-            return 0
-        rows = list(model.objects.filter(seq__gt=cursor.position).order_by("seq")[: consumer.batch_size])
-        if not rows:
+        # Another worker handled (part of) this batch meanwhile: it is not ours to hand over again.
+        if cursor is None or cursor.position != (position or 0):
             return 0
         consumer.handler(rows)
         cursor.position = rows[-1].seq
@@ -123,20 +131,23 @@ class _KickThrottle:
                     self._trailing.daemon = True
                     self._trailing.start()
         if fire_now:
-            self._fire()
+            # Not in the caller's thread: with the ORM broker the enqueue is a write transaction,
+            # and a request would wait for the writer lock a second time (behind a decay sweep's
+            # chunk, say) after its own commit.
+            threading.Thread(target=self._fire, name="logtail-kick", daemon=True).start()
 
     def _fire_trailing(self) -> None:
         with self._lock:
             self._trailing = None
             self._last = time.monotonic()
-        try:
-            self._fire()
-        finally:
-            # This timer thread is about to end; don't leave its database connection behind.
-            connections.close_all()
+        self._fire()
 
     def _fire(self) -> None:
-        (self._enqueue or _enqueue)()
+        try:
+            (self._enqueue or _enqueue)()
+        finally:
+            # This thread is about to end; don't leave its database connection behind.
+            connections.close_all()
 
 
 def _enqueue() -> None:

@@ -233,6 +233,10 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = env_str("DATABASE_URL")
+# Pages the WAL may reach before a commit checkpoints it with the writer lock held (SQLite's
+# default: 1,000): the backend's checkpoints off the lock have copied nearly all of them by then.
+SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
+
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
 else:
@@ -250,6 +254,10 @@ else:
                     "PRAGMA temp_store=MEMORY;"
                     "PRAGMA cache_size=-65536;"
                     "PRAGMA mmap_size=268435456;"
+                    # The backend checkpoints after commits, off the writer lock, and SQLite's own
+                    # checkpoint inside a commit (lock held) is only the rare backstop that lets
+                    # the WAL start over (stigmem/sqlite_backend).
+                    f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES};"
                 ),
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,

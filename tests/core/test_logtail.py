@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pydoc
 import threading
+import time
 
 import django_q.tasks
 import pytest
@@ -269,6 +270,7 @@ def test_a_burst_of_commits_enqueues_one_kick_then_a_trailing_one(
             assert client.post("/v1/facts", fact_body(n), format="json").status_code == 201
         assert enqueued.calls == []  # nothing before commit
     assert len(callbacks) >= 5
+    assert enqueued.wait_for(1)  # enqueued from a thread of its own, not the request's
     assert len(enqueued.calls) == 1
     args, kwargs = enqueued.calls[0]
     assert args == (logtail.KICK_TASK,)
@@ -292,6 +294,7 @@ def test_a_single_commit_enqueues_one_kick_and_no_trailing_one(
 ):
     with django_capture_on_commit_callbacks(execute=True):
         client.post("/v1/facts", fact_body(1), format="json")
+    assert enqueued.wait_for(1)
     assert len(enqueued.calls) == 1
     # A lone commit schedules no trailing kick.
     assert not enqueued.wait_for(2, timeout=1.5)
@@ -321,10 +324,19 @@ def test_no_kick_for_a_rolled_back_write(recorder, enqueued, django_capture_on_c
     assert not Event.objects.exists()
 
 
-def test_the_kick_lands_in_the_orm_queue(client, recorder, fresh_kicks, django_capture_on_commit_callbacks):
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_kick_lands_in_the_orm_queue(db):
+    # What the kick's thread runs (called here, in the test's transaction, to see its row).
     before = OrmQ.objects.count()
-    with django_capture_on_commit_callbacks(execute=True):
-        client.post("/v1/facts", fact_body(1), format="json")
+    logtail._enqueue()
     queued = list(OrmQ.objects.all())
     assert len(queued) == before + 1
     task = queued[-1].task
@@ -345,6 +357,7 @@ def test_a_broker_failure_never_fails_the_write(
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = client.post("/v1/facts", fact_body(1), format="json")
     assert len(callbacks) >= 1
+    assert wait_until(lambda: attempts)
     assert attempts == [(logtail.KICK_TASK,)]
     assert response.status_code == 201
     assert Fact.objects.filter(id=response.json()["id"]).exists()

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from stigmem.auth import Caller
 from stigmem.fact_input import parse_fact_body
 from stigmem.facts import assert_facts
-from stigmem.auth import Caller
 from stigmem.limits import QUERY_LIMIT_MAX
 from stigmem.models import AuditEvent, Event, Fact
 from stigmem.queries import FactQuery, run_fact_query

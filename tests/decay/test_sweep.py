@@ -16,8 +16,8 @@ from tests.decay.sweep_helpers import (
     HOUR,
     T0,
     ago,
-    current_ids,
     body,
+    current_ids,
     expired_ids,
     expiry_events,
     frozen,
@@ -328,6 +328,20 @@ def test_crash_mid_sweep_then_rerun_finishes_exactly_once(monkeypatch):
     assert sorted(p["fact_id"] for p in expiry_events()) == sorted(str(f.id) for f in facts)
     assert current_ids() == set()
     assert AuditEvent.objects.filter(event_type="decay_sweep").count() == 1
+
+
+@override_settings(STIGMEM_DECAY_CHUNK=1000, STIGMEM_DECAY_CHUNK_MS=60_000)
+@pytest.mark.parametrize(("writers_waiting", "transactions"), [(False, 1), (True, 2)])
+def test_a_queued_writer_ends_the_chunk_after_the_step_in_flight(monkeypatch, writers_waiting, transactions):
+    # 1,200 facts in two steps (500, then the 700 left): one transaction, unless a writer queues.
+    write(ago(DAY), *[body(f"e{i}") for i in range(1200)])
+    monkeypatch.setattr(sweep, "_writers_queued", lambda: writers_waiting)
+    job = Job.objects.create(tenant="default", kind="decay")
+    seen = []
+    result = sweep_at(T0, SweepRequest(tenant="default", ttl_seconds=HOUR), job=job, progress=seen.append)
+    assert result.decayed == 1200 and len(expiry_events()) == 1200
+    assert AuditEvent.objects.get(event_type="decay_sweep").detail["chunks"] == transactions
+    assert len(seen) == transactions + 1  # once per transaction, and 1.0 at the end
 
 
 @override_settings(STIGMEM_DECAY_CHUNK=1000)
