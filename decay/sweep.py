@@ -94,7 +94,7 @@ def chunk_budget_s() -> float:
 
 
 class _Sizer:
-    """How many facts the next step spans: at most STIGMEM_DECAY_CHUNK, and as many as fit its time.
+    """How many seqs the next step spans: at most STIGMEM_DECAY_CHUNK, and as many as fit its time.
 
     A chunk transaction holds the node clock and runs steps (one UPDATE and one INSERT ... SELECT
     each) until ``STIGMEM_DECAY_CHUNK_MS`` is spent, or a writer queues behind it: a step lasts
@@ -293,15 +293,6 @@ def _scalar(sql: str, params: list):
     return row[0] if row else None
 
 
-def _chunk_end(tenant: str, after: int, size: int, last: int) -> int:
-    """The seq of the ``size``-th fact of the tenant after ``after`` (or ``last``), via the (tenant, seq) index."""
-    end = _scalar(
-        f"SELECT seq FROM {_FACT} WHERE tenant = %s AND seq > %s ORDER BY seq LIMIT 1 OFFSET %s",
-        [tenant, after, size - 1],
-    )
-    return last if end is None or end > last else end
-
-
 def _range(request: SweepRequest, lo: int, hi: int) -> _Sql:
     sql = _Sql("f.tenant = %s AND f.seq > %s AND f.seq <= %s AND f.expired_at IS NULL", [request.tenant, lo, hi])
     if request.scope is not None:
@@ -321,21 +312,24 @@ def _distinct_confidences(request: SweepRequest, lo: int, hi: int) -> list[float
 
 
 def _chunks(plan: _Plan, start: int, last: int, sizer: _Sizer | None = None):
-    """(lo, hi, distinct confidences, size) of each step over the tenant's facts with start < seq <= last.
+    """(lo, hi, distinct confidences) of each step over the tenant's facts with start < seq <= last.
 
-    A step spans ``size`` facts (the sizer's, or STIGMEM_DECAY_CHUNK), fewer at the end.
+    A step spans a range of ``seq`` (the sizer's size, or STIGMEM_DECAY_CHUNK): ``seq`` is dense on
+    a node with one tenant, so that many facts; fewer where other tenants' facts sit in between.
+    Ranges, not "the next N facts": finding the N-th fact is an OFFSET scan, which PostgreSQL
+    planned as a full sort of the tenant's remaining facts whenever its statistics were stale.
     """
     request = plan.request
     lo = start
     while lo < last:
-        size = sizer.size if sizer is not None else chunk_size()
+        span = sizer.size if sizer is not None else chunk_size()
         while True:
-            hi = _chunk_end(request.tenant, lo, size, last)
+            hi = min(last, lo + span)
             confidences = _distinct_confidences(request, lo, hi) if plan.needs_confidences else []
-            if len(confidences) <= MAX_DISTINCT_CONFIDENCES or size == 1:
+            if len(confidences) <= MAX_DISTINCT_CONFIDENCES or span == 1:
                 break
-            size //= 2
-        yield lo, hi, confidences, size
+            span //= 2
+        yield lo, hi, confidences
         lo = hi
 
 
@@ -562,14 +556,14 @@ def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction
             _renew(request.tenant, owner)
             covered = 0
             while step is not None:
-                lo, hi, confidences, size = step
+                lo, hi, confidences = step
                 step_began = time.perf_counter()
                 expired, reason = _expire_chunk(request, plan, lo, hi, confidences, marker)
                 if expired:
                     _record_chunk(request, lease, lo, hi, expired, reason, marker)
                 sizer.observe(time.perf_counter() - step_began)
                 chunk_expired += expired
-                covered += size
+                covered += hi - lo
                 reached = hi
                 step = next(steps, None)
                 if covered >= sizer.largest or time.perf_counter() - began >= chunk_budget_s() or _writers_queued():
@@ -607,7 +601,8 @@ def run_sweep(
     now = timezone.now()
     plan = _Plan(request, load_enabled(request.tenant), now)
     low, last = _bounds(request.tenant)
-    start = job.position if job is not None else 0
+    # Steps are seq ranges: begin at the tenant's first fact, not at seq 0.
+    start = max(job.position if job is not None else 0, low - 1)
     scanned = job.scanned if job is not None else 0
     decayed = job.decayed if job is not None else 0
     span = max(1, last - low + 1)
@@ -617,7 +612,7 @@ def run_sweep(
 
     if request.dry_run:
         if not plan.empty:
-            for lo, hi, confidences, _size in _chunks(plan, start, last):
+            for lo, hi, confidences in _chunks(plan, start, last):
                 scanned += _count(plan, lo, hi, confidences)
                 if progress is not None:
                     progress(fraction(hi))
@@ -673,7 +668,7 @@ def preview(policy: DecayPolicy, *, limit: int = 20) -> tuple[int, list[Fact]]:
         return 0, []
     low, last = _bounds(policy.tenant)
     count, ids = 0, []
-    for lo, hi, confidences, _size in _chunks(plan, low - 1, last):
+    for lo, hi, confidences in _chunks(plan, low - 1, last):
         candidate, _ = plan.predicates(confidences)
         if candidate.text == "1=0":
             continue
