@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.threads import in_thread
+
 
 def _setup(directory: Path) -> None:
     os.environ["STIGMEM_DB_PATH"] = str(directory / "backend.db")
@@ -33,20 +35,6 @@ def _write(value: int) -> None:
         cursor.execute("INSERT INTO t (x) VALUES (%s)", [value])
 
 
-def _in_thread(target) -> threading.Thread:
-    def run() -> None:
-        from django.db import connection
-
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def _hold_lock(release: threading.Event, held: threading.Event) -> None:
     """A writer that keeps its transaction (and the writer lock) open until ``release``."""
     from django.db import connection, transaction
@@ -61,7 +49,7 @@ def check_yield_waits_for_queued_writers() -> None:
     from django.db import connection
 
     release, held, got_lock = threading.Event(), threading.Event(), {}
-    holder = _in_thread(lambda: _hold_lock(release, held))
+    holder = in_thread(lambda: _hold_lock(release, held))
     assert held.wait(10)
 
     def queued_writer() -> None:
@@ -71,7 +59,7 @@ def check_yield_waits_for_queued_writers() -> None:
             cursor.execute("INSERT INTO t (x) VALUES (1)")  # the first statement: the lock is ours
             got_lock["at"] = time.monotonic()
 
-    writer = _in_thread(queued_writer)
+    writer = in_thread(queued_writer)
     time.sleep(0.3)  # the writer is now blocked on the writer lock, queued
     assert "at" not in got_lock
     threading.Timer(0.3, release.set).start()
@@ -87,9 +75,9 @@ def check_yield_is_bounded() -> None:
     from django.db import connection
 
     release, held, got_lock = threading.Event(), threading.Event(), {}
-    holder = _in_thread(lambda: _hold_lock(release, held))
+    holder = in_thread(lambda: _hold_lock(release, held))
     assert held.wait(10)
-    writer = _in_thread(lambda: (_write(1), got_lock.setdefault("at", time.monotonic())))
+    writer = in_thread(lambda: (_write(1), got_lock.setdefault("at", time.monotonic())))
     time.sleep(0.3)
     started = time.monotonic()
     connection.yield_to_queued_writers(0.2)

@@ -13,27 +13,12 @@ backend (IMMEDIATE transactions queued on the writer lock file) the way a deploy
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
+from tests.child import run_child
 from tests.core.fact_log_workload import expected_new_facts
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_log_reader_sees_every_fact_once_in_seq_order_on_a_sqlite_file(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STIGMEM_DB_PATH", "STIGMEM_DATA_DIR")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.core.fact_log_workload", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = run_child("tests.core.fact_log_workload", str(tmp_path), timeout=900)
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     expected = expected_new_facts()
     assert run.stdout.strip() == f"ok: {expected} facts, seq 1..{expected}", run.stdout

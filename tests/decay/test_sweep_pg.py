@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from decay.models import SweepLock
 from decay.sweep import SweepBusy, SweepRequest, run_sweep
 from stigmem.models import Fact, NodeClock
 from tests.decay.sweep_helpers import DAY, HOUR, ago, body, expired_ids, expiry_events, write
+from tests.threads import in_thread
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -22,18 +22,6 @@ REQUEST = SweepRequest(tenant="default", ttl_seconds=HOUR)
 def node_clock():
     # A transactional test starts from emptied tables, the node clock's row included.
     NodeClock.objects.get_or_create(pk=1)
-
-
-def in_thread(target) -> threading.Thread:
-    def run():
-        try:
-            target()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 @override_settings(STIGMEM_DECAY_CHUNK=1)
