@@ -41,7 +41,7 @@ from django.utils import timezone
 from decay.models import DecayPolicy, SweepLock
 from decay.policies import load_enabled, precedence
 from stigmem import audit, logtail
-from stigmem.clock import clock_transaction
+from stigmem.clock import clock_transaction, let_waiting_writers_go, writers_waiting
 from stigmem.events import FACT_EXPIRED
 from stigmem.models import Event, Fact, FactHead, Job
 
@@ -522,23 +522,6 @@ def _count(plan: _Plan, lo: int, hi: int, confidences) -> int:
     )
 
 
-def _yield_to_writers() -> None:
-    """Let the writers that queued during the last chunk go first (SQLite; PostgreSQL queues fairly).
-
-    Without it the sweep, ready again a moment after its commit, often takes the lock back before
-    them, and a writer waits several chunks instead of one. Waits at most one chunk budget.
-    """
-    yield_to_queued_writers = getattr(connection, "yield_to_queued_writers", None)
-    if yield_to_queued_writers is not None:
-        yield_to_queued_writers(chunk_budget_s())
-
-
-def _writers_queued() -> bool:
-    """Whether a writer is queued for the writer lock (SQLite; on PostgreSQL chunks run to their budget)."""
-    writers_queued = getattr(connection, "writers_queued", None)
-    return writers_queued is not None and writers_queued()
-
-
 def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction, progress, checkpoints):
     """The chunk loop of a sweep: each chunk one clock transaction of steps. Returns (decayed, scanned, chunks)."""
     scanned, decayed = counts
@@ -547,7 +530,7 @@ def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction
     steps = _chunks(plan, start, last, sizer)
     step = next(steps, None)
     while step is not None:
-        _yield_to_writers()
+        let_waiting_writers_go(chunk_budget_s())
         chunk_expired = 0
         with clock_transaction() as lease:
             # The budget is for how long this chunk holds the writers' lock, so the clock starts once
@@ -566,7 +549,7 @@ def _run_chunks(request, plan, job, owner, marker, start, last, counts, fraction
                 covered += hi - lo
                 reached = hi
                 step = next(steps, None)
-                if covered >= sizer.largest or time.perf_counter() - began >= chunk_budget_s() or _writers_queued():
+                if covered >= sizer.largest or time.perf_counter() - began >= chunk_budget_s() or writers_waiting():
                     break
             if chunk_expired:
                 logtail.kick_on_commit()

@@ -103,3 +103,42 @@ def clock_transaction() -> Iterator[ClockLease]:
             lease.flush()
         finally:
             _local.lease = None
+
+
+# --- bulk work and the writers behind it ----------------------------------------------------------
+
+_TUPLE_LOCK_WAITERS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'tuple' AND relation = %s::regclass"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
+)
+_YIELD_POLL_S = 0.001
+
+
+def writers_waiting() -> bool:
+    """Whether another transaction is waiting for the node clock (or, on SQLite, the writer lock).
+
+    Bulk work holding the clock (a decay sweep's chunk) asks between its steps and commits early
+    when someone waits. PostgreSQL: a transaction blocked on the clock row holds (or queues for)
+    a lock on that tuple until it gets the row, so such a lock exists exactly while someone waits.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_TUPLE_LOCK_WAITERS, [_TABLE])
+            return bool(cursor.fetchone()[0])
+    writers_queued = getattr(connection, "writers_queued", None)  # the node's SQLite backend
+    return writers_queued is not None and writers_queued()
+
+
+def let_waiting_writers_go(max_wait_s: float) -> None:
+    """Between two transactions of bulk work: wait until the writers queued meanwhile had their turn.
+
+    Without it the bulk work, ready again a moment after its commit, can take the lock back before
+    them. Bounded: a steady stream of writers slows bulk work but cannot stop it.
+    """
+    yield_to_queued_writers = getattr(connection, "yield_to_queued_writers", None)
+    if yield_to_queued_writers is not None:  # SQLite: the backend watches its queue file
+        yield_to_queued_writers(max_wait_s)
+        return
+    deadline = time.monotonic() + max_wait_s
+    while writers_waiting() and time.monotonic() < deadline:
+        time.sleep(_YIELD_POLL_S)

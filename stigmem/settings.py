@@ -154,6 +154,8 @@ STIGMEM_DECAY_CHUNK = int(env_number("STIGMEM_DECAY_CHUNK", 20_000))
 STIGMEM_DECAY_CHUNK_MS = int(env_number("STIGMEM_DECAY_CHUNK_MS", 50))
 # A sweep lock not renewed for this long belongs to a dead process and may be taken over.
 STIGMEM_DECAY_LOCK_S = int(env_number("STIGMEM_DECAY_LOCK_S", 300))
+# TTP rules (WIRE.md §8): the directory of rule files the node loads (node-wide configuration).
+STIGMEM_TTP_RULES_DIR = Path(env_str("STIGMEM_TTP_RULES_DIR") or BASE_DIR / "ttprules" / "rules")
 # Password of the `admin` login created on first start; generated and printed when unset.
 STIGMEM_ADMIN_PASSWORD = env_str("STIGMEM_ADMIN_PASSWORD")
 
@@ -198,6 +200,7 @@ INSTALLED_APPS = [
     "subscriptions.apps.SubscriptionsConfig",
     "federation.apps.FederationConfig",
     "decay.apps.DecayConfig",
+    "ttprules.apps.TtprulesConfig",
 ]
 
 MIDDLEWARE = [

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 CONSUMER = "subscriptions.dispatch"
 BATCH_SIZE = 500
+# What matching an event needs; payloads are fetched for the matched events only.
+EVENT_COLUMNS = ("seq", "tenant", "topic")
 FACT_ASSERTED = "fact_asserted"
 FACT_RETRACTED = "fact_retracted"
 # Subscriptions that receive deliveries: paused ones queue them until resumed.
@@ -68,7 +70,8 @@ DISPATCHED = Counter(
 def register() -> None:
     """Tail both logs (called from SubscriptionsConfig.ready())."""
     logtail.register(CONSUMER, ConsumerCursor.Log.FACTS, dispatch_facts, BATCH_SIZE)
-    logtail.register(CONSUMER, ConsumerCursor.Log.EVENTS, dispatch_events, BATCH_SIZE)
+    # Most node events concern no topic subscription: their payloads are read only for those that do.
+    logtail.register(CONSUMER, ConsumerCursor.Log.EVENTS, dispatch_events, BATCH_SIZE, only=EVENT_COLUMNS)
 
 
 def dispatch_facts(rows: Sequence[Fact]) -> None:
@@ -181,12 +184,15 @@ def _event_deliveries(tenant: str, tenant_events: list[tuple[int, Event]], now: 
     topic_index = _topic_index(tenant)
     candidates = {position: topic_index.match(event.topic) for position, event in tenant_events}
     receiving = _receiving(set().union(*candidates.values()))
+    wanted = [event.seq for position, event in tenant_events if candidates[position] & receiving.keys()]
+    payloads = _payloads(wanted)
     deliveries = []
     for position, event in tenant_events:
         for subscription_id in candidates[position]:
             if subscription_id not in receiving:
                 continue
-            entity = event.payload.get("entity") if isinstance(event.payload, dict) else None
+            payload = payloads.get(event.seq)
+            entity = payload.get("entity") if isinstance(payload, dict) else None
             deliveries.append(
                 _delivery(
                     subscription_id,
@@ -196,10 +202,18 @@ def _event_deliveries(tenant: str, tenant_events: list[tuple[int, Event]], now: 
                     _at(now, position),
                     event=event,
                     entity_uri=entity if isinstance(entity, str) else "",
-                    payload=event.payload if isinstance(event.payload, dict) else {"value": event.payload},
+                    payload=payload if isinstance(payload, dict) else {"value": payload},
                 )
             )
     return deliveries
+
+
+def _payloads(seqs: list[int]) -> dict[int, Any]:
+    """The payloads of these events (the batch was loaded without them)."""
+    found: dict[int, Any] = {}
+    for chunk in _chunks(seqs):
+        found.update(Event.objects.filter(seq__in=chunk).values_list("seq", "payload"))
+    return found
 
 
 def _event_type(topic: str) -> str:

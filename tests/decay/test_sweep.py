@@ -335,7 +335,7 @@ def test_crash_mid_sweep_then_rerun_finishes_exactly_once(monkeypatch):
 def test_a_queued_writer_ends_the_chunk_after_the_step_in_flight(monkeypatch, writers_waiting, transactions):
     # 1,200 facts in two steps (500, then the 700 left): one transaction, unless a writer queues.
     write(ago(DAY), *[body(f"e{i}") for i in range(1200)])
-    monkeypatch.setattr(sweep, "_writers_queued", lambda: writers_waiting)
+    monkeypatch.setattr(sweep, "writers_waiting", lambda: writers_waiting)
     job = Job.objects.create(tenant="default", kind="decay")
     seen = []
     result = sweep_at(T0, SweepRequest(tenant="default", ttl_seconds=HOUR), job=job, progress=seen.append)
