@@ -1,8 +1,9 @@
-"""Threads for tests that need several database connections at once."""
+"""Threads for tests that need several database connections at once, and waiting for them."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 
 def in_thread(target) -> threading.Thread:
@@ -19,3 +20,13 @@ def in_thread(target) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
+
+
+def wait_until(predicate, timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

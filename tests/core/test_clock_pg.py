@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from stigmem.clock import clock_transaction, let_waiting_writers_go, writers_waiting
 from stigmem.models import NodeClock
-from tests.threads import in_thread
+from tests.threads import in_thread, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -18,15 +17,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 def node_clock():
     # A transactional test starts from emptied tables, the node clock's row included.
     NodeClock.objects.get_or_create(pk=1)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_writer_blocked_on_the_clock_is_seen_and_goes_first():

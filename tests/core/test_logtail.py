@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pydoc
 import threading
-import time
 
 import django_q.tasks
 import pytest
@@ -13,6 +12,7 @@ from django_q.models import OrmQ
 
 from stigmem import events, logtail
 from stigmem.models import ConsumerCursor, Event, Fact
+from tests.threads import wait_until
 
 NAME = "test-consumer"
 FACTS = ConsumerCursor.Log.FACTS
@@ -322,15 +322,6 @@ def test_no_kick_for_a_rolled_back_write(recorder, enqueued, django_capture_on_c
     assert callbacks == []
     assert enqueued.calls == []
     assert not Event.objects.exists()
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_the_kick_lands_in_the_orm_queue(db):

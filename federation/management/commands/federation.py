@@ -11,8 +11,6 @@ The operator acts node-wide: a peer is named by its id alone, whatever its tenan
 
 from __future__ import annotations
 
-import getpass
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -21,17 +19,10 @@ from federation.models import Peer
 from stigmem import signing
 from stigmem.errors import ApiError
 from stigmem.fact_input import SCOPES
+from stigmem.management.operator import cli_operator
 from stigmem.node import node_id
 
 DEFAULT_SCOPES = ["company", "public"]
-
-
-def _operator() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        user = "unknown"
-    return f"cli:{user}"
 
 
 class Command(BaseCommand):
@@ -80,7 +71,7 @@ class Command(BaseCommand):
             api_key=api_key,
             scopes=scopes,
             tenant=tenant or settings.STIGMEM_DEFAULT_TENANT,
-            actor=_operator(),
+            actor=cli_operator(),
         )
         peer = result.peer
         if result.remote_status == "already_registered":
@@ -126,12 +117,12 @@ class Command(BaseCommand):
     def _approve(self, *, peer_id: str, fingerprint: str, **_) -> None:
         # The operator is node-wide: the peer's own tenant is the one acted in.
         peer = handshake.find_peer(peer_id)
-        peer = handshake.approve(peer.tenant, peer.peer_id, fingerprint, _operator())
+        peer = handshake.approve(peer.tenant, peer.peer_id, fingerprint, cli_operator())
         self.stdout.write(f"approved: {peer.node_id} (peer {peer.peer_id}) is active")
 
     def _change(self, action: str, peer_id: str) -> None:
         peer = handshake.find_peer(peer_id)
-        peer = handshake.change_status(peer.tenant, peer.peer_id, action, _operator())
+        peer = handshake.change_status(peer.tenant, peer.peer_id, action, cli_operator())
         self.stdout.write(f"{action}: {peer.node_id} (peer {peer.peer_id}) is {peer.status}")
 
     def _suspend(self, *, peer_id: str, **_) -> None:

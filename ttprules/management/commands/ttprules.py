@@ -12,13 +12,13 @@ Exit codes: 0 done; 1 bad input, an invalid file given to ``validate``, or a mis
 
 from __future__ import annotations
 
-import getpass
 from datetime import timedelta
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from stigmem.management.operator import cli_operator
 from ttprules import store
 from ttprules.models import Rule, RuleState
 
@@ -30,14 +30,6 @@ OPTION_NAMES = {
     "expires_at": "--expires-in",
     "reason": "--reason",
 }
-
-
-def _operator() -> str:
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name in some containers
-        user = "unknown"
-    return f"cli:{user}"
 
 
 class Command(BaseCommand):
@@ -122,7 +114,12 @@ class Command(BaseCommand):
             raise CommandError("--expires-in is too large", returncode=EXIT_FAILED) from None
         try:
             row = store.set_state(
-                rule_id, state, confidence_max=confidence_max, expires_at=expires_at, reason=reason, set_by=_operator()
+                rule_id,
+                state,
+                confidence_max=confidence_max,
+                expires_at=expires_at,
+                reason=reason,
+                set_by=cli_operator(),
             )
         except store.StateInvalid as exc:
             problems = "; ".join(f"{OPTION_NAMES.get(name, name)}: {message}" for name, message in exc.errors.items())
