@@ -94,6 +94,8 @@ STIGMEM_BIND = env_str("STIGMEM_BIND", "127.0.0.1:8765")
 STIGMEM_WEB_WORKERS = int(env_number("STIGMEM_WEB_WORKERS", 4))
 STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 1))
 STIGMEM_Q_WORKERS = int(env_number("STIGMEM_Q_WORKERS", 2))
+# CPU priority (nice) runnode gives the qcluster: background work yields the CPU to requests.
+STIGMEM_Q_NICE = int(env_number("STIGMEM_Q_NICE", 5))
 STIGMEM_REDIS_URL = env_str("STIGMEM_REDIS_URL")
 # The node's Ed25519 signing key (raw 32-byte seed, base64url); generated and stored when unset.
 STIGMEM_NODE_SIGNING_KEY = env_str("STIGMEM_NODE_SIGNING_KEY")

@@ -132,6 +132,9 @@ def test_runnode_end_to_end(tmp_path):
         # Both halves of the unit are running, each in its own process group.
         commands = " | ".join(p["cmd"] for p in first.children())
         assert "gunicorn" in commands and "qcluster" in commands, commands
+        # Background work runs at a lower CPU priority than the web server (STIGMEM_Q_NICE).
+        niceness = {("qcluster" if "qcluster" in p["cmd"] else "web"): p["nice"] for p in first.children()}
+        assert niceness["qcluster"] == min(19, niceness["web"] + 5), niceness
         assert len(first.groups) == 3
         assert len(live_in_groups(first.groups - {first.proc.pid})) >= 3  # gunicorn master + worker(s), qcluster
 

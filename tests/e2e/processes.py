@@ -48,7 +48,14 @@ def process_table() -> list[dict]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         rows.append(
-            {"pid": int(entry.name), "state": fields[0], "ppid": int(fields[1]), "pgrp": int(fields[2]), "cmd": cmdline}
+            {
+                "pid": int(entry.name),
+                "state": fields[0],
+                "ppid": int(fields[1]),
+                "pgrp": int(fields[2]),
+                "nice": int(fields[16]),
+                "cmd": cmdline,
+            }
         )
     return rows
 

@@ -47,10 +47,14 @@ class Command(BaseCommand):
         env = self._child_environment()
         children = {"web": self._start_web(bind, workers, threads, env)}
         if not no_qcluster:
+            # Background work (log consumers, deliveries, sweeps) runs at a lower CPU priority:
+            # on a small machine a burst of it must not slow the requests (docs/PERFORMANCE.md).
+            nice = max(0, min(19, settings.STIGMEM_Q_NICE))
             children["qcluster"] = subprocess.Popen(
                 [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"],
                 env=env,
                 start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
             )
         sys.exit(self._supervise(children))
 
