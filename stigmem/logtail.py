@@ -6,8 +6,11 @@ An app registers a consumer in its ``AppConfig.ready()``::
 
 ``handle_facts(rows)`` runs inside the transaction that advances the consumer's cursor past
 ``rows``, so whatever it writes commits together with the new position: a crash loses or
-repeats nothing. Writers call ``kick_on_commit()``; after commit one django-q2 task runs the
-consumers (kicks are coalesced), and the scheduled sweep is the safety net.
+repeats nothing. A consumer with costly pure work per batch (the TTP engine's evaluation) gives
+a ``prepare(rows)`` that runs before that transaction; the handler then gets what it returned.
+
+Writers call ``kick_on_commit()``; after commit one django-q2 task runs the consumers (kicks are
+coalesced), and the scheduled sweep is the safety net.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, connections, transaction
@@ -25,7 +29,8 @@ from stigmem.models import ConsumerCursor, Event, Fact
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[[Sequence[Fact] | Sequence[Event]], None]
+Rows = Sequence[Fact] | Sequence[Event]
+Handler = Callable[[Any], None]
 KICK_TASK = "stigmem.logtail.run_consumers"
 # A burst of commits produces one kick at its start and one after it (leading + trailing edge).
 KICK_WINDOW_S = 0.2
@@ -40,15 +45,25 @@ class Consumer:
     # The columns the handler reads from every row (None: all). Loading only those makes a batch
     # that concerns nobody cheap; the handler fetches the rest for the rows it acts on.
     only: tuple[str, ...] | None = None
+    # Work on the batch done before the write transaction (on SQLite it holds the one writer lock);
+    # the handler receives its result instead of the rows.
+    prepare: Callable[[Rows], Any] | None = None
 
 
 _consumers: dict[tuple[str, str], Consumer] = {}
 
 
-def register(name: str, log: str, handler: Handler, batch_size: int = 500, only: tuple[str, ...] | None = None) -> None:
+def register(
+    name: str,
+    log: str,
+    handler: Handler,
+    batch_size: int = 500,
+    only: tuple[str, ...] | None = None,
+    prepare: Callable[[Rows], Any] | None = None,
+) -> None:
     if log not in ConsumerCursor.Log.values:
         raise ValueError(f"unknown log {log!r}")
-    _consumers[(name, log)] = Consumer(name, log, handler, batch_size, only)
+    _consumers[(name, log)] = Consumer(name, log, handler, batch_size, only, prepare)
 
 
 def unregister(name: str, log: str) -> None:
@@ -85,12 +100,13 @@ def run_batch(consumer: Consumer) -> int:
     rows = list(rows[: consumer.batch_size])
     if not rows:
         return 0
+    work = consumer.prepare(rows) if consumer.prepare is not None else rows
     with transaction.atomic():
         cursor = _claim_cursor(consumer)
         # Another worker handled (part of) this batch meanwhile: it is not ours to hand over again.
         if cursor is None or cursor.position != (position or 0):
             return 0
-        consumer.handler(rows)
+        consumer.handler(work)
         cursor.position = rows[-1].seq
         cursor.save(update_fields=["position", "updated_at"])
         return len(rows)

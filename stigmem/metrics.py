@@ -27,6 +27,10 @@ REQUEST_LATENCY = Histogram(
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+TTP_FACTS_EVALUATED = Counter("stigmem_ttp_facts_evaluated", "Facts evaluated by the TTP rules")
+TTP_EVALUATION_SECONDS = Counter("stigmem_ttp_evaluation_seconds", "Time spent evaluating facts against TTP rules")
+TTP_TAGS_WRITTEN = Counter("stigmem_ttp_tags_written", "New TTP tags written")
+TTP_RULE_ERRORS = Counter("stigmem_ttp_rule_errors", "TTP rule evaluations that raised")
 
 
 def render() -> tuple[bytes, str]:

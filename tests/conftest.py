@@ -15,6 +15,7 @@ from stigmem.keys import issue_key
 from stigmem.ratelimit import buckets
 from stigmem.signing import clear_cache as clear_signing_key_cache
 from stigmem.tombstones import clear_cache as clear_tombstone_cache
+from ttprules.engine import clear_cache as clear_rule_index
 
 ALL_PERMISSIONS = ["read", "write", "federate", "admin", "admin:federation", "audit.read"]
 
@@ -50,12 +51,12 @@ def _fresh_auth_failure_counts():
 
 @pytest.fixture(autouse=True)
 def _fresh_process_caches():
-    # Each test's database starts without tombstones, a stored key or decay policies: nothing an
+    # Each test's database starts without tombstones, a stored key, decay policies or TTP rules: nothing an
     # earlier test cached in this process may answer for it.
-    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache):
+    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache, clear_rule_index):
         clear()
     yield
-    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache):
+    for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache, clear_rule_index):
         clear()
 
 

@@ -13,12 +13,22 @@ class TtprulesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from stigmem import schedules
+        from stigmem import logtail, schedules
+        from stigmem.models import ConsumerCursor
+        from ttprules import engine
 
         # The rules directory is re-read every minute (an unchanged file costs a hash, no parse), and
         # states whose expires_at has passed revert to enabled within a minute.
         schedules.register("ttprules.sync", "ttprules.tasks.sync_rules", minutes=1)
         schedules.register("ttprules.expire_states", "ttprules.tasks.expire_rule_states", minutes=1)
+        logtail.register(
+            engine.CONSUMER,
+            ConsumerCursor.Log.FACTS,
+            engine.handle_batch,
+            engine.BATCH_SIZE,
+            only=engine.FACT_COLUMNS,
+            prepare=engine.evaluate_batch,
+        )
         checks.register(rules_directory_check)
 
 

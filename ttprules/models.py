@@ -13,6 +13,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
+from stigmem.limits import MAX_URI_LENGTH
 from ttprules.schema import MAX_NAME_LENGTH, MAX_RULE_ID_LENGTH
 
 MAX_FILE_NAME_LENGTH = 255  # a file name on every common file system
@@ -130,3 +131,68 @@ class RuleRevision(models.Model):
 
     def __str__(self) -> str:
         return f"rule revision {self.revision}"
+
+
+class Tag(models.Model):
+    """One ATT&CK technique a rule found in a fact (WIRE.md §8.3), written by the engine.
+
+    The id is deterministic (``ttprules.engine.tag_id``): evaluating a fact again — a backfill, a
+    crash replay — finds the tag already there and writes and announces nothing. Tags belong to the
+    tagged fact's tenant and are visible to exactly those who can see that fact.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    tenant = models.CharField(max_length=64)
+    fact = models.ForeignKey("stigmem.Fact", on_delete=models.CASCADE, related_name="ttp_tags")
+    entity = models.CharField(max_length=MAX_URI_LENGTH)
+    rule_id = models.CharField(max_length=MAX_RULE_ID_LENGTH)
+    rule_version = models.IntegerField()
+    tactic = models.CharField(max_length=16)
+    technique_id = models.CharField(max_length=16)
+    sub_technique_id = models.CharField(max_length=16, null=True, blank=True)
+    confidence = models.FloatField()
+    evidence = models.JSONField(default=dict)
+    attack_version = models.CharField(max_length=16)
+    # The ``ttp:technique`` fact written for this tag (several tags of one entity can share it).
+    tag_fact = models.ForeignKey("stigmem.Fact", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["tenant", "created_at", "id"], name="ttptag_tenant_created"),
+            models.Index(fields=["tenant", "technique_id", "created_at"], name="ttptag_technique"),
+            models.Index(fields=["tenant", "sub_technique_id", "created_at"], name="ttptag_sub_technique"),
+            models.Index(fields=["tenant", "entity", "created_at"], name="ttptag_entity"),
+            models.Index(fields=["tenant", "rule_id", "created_at"], name="ttptag_rule"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.entity}: {self.sub_technique_id or self.technique_id} ({self.rule_id})"
+
+
+class RuleStats(models.Model):
+    """Per-rule counters of the engine, node-wide, updated in the engine's batch transactions.
+
+    ``matched`` counts facts the rule matched; ``tags`` the new tags it wrote; ``shadow_tags`` the
+    tags it would have written in ``shadow`` state; ``dropped`` tags under the confidence floor
+    (0.3, after clipping); ``errors`` evaluations that raised (the fact still counts as evaluated by
+    the other rules, and the engine's cursor moves on).
+    """
+
+    rule_id = models.CharField(max_length=MAX_RULE_ID_LENGTH, unique=True)
+    matched = models.BigIntegerField(default=0)
+    tags = models.BigIntegerField(default=0)
+    shadow_tags = models.BigIntegerField(default=0)
+    dropped = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    last_matched_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rule_id"]
+        verbose_name_plural = "rule stats"
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}: {self.tags} tags"

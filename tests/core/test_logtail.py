@@ -68,7 +68,9 @@ def only_test_consumers():
     for consumer in logtail.consumers():
         logtail.unregister(consumer.name, consumer.log)
     for consumer in saved:
-        logtail.register(consumer.name, consumer.log, consumer.handler, consumer.batch_size)
+        logtail.register(
+            consumer.name, consumer.log, consumer.handler, consumer.batch_size, consumer.only, consumer.prepare
+        )
 
 
 @pytest.fixture
@@ -131,6 +133,29 @@ def test_each_fact_once_in_seq_order_across_batches(client, recorder):
     assert recorder.batches[-1] == more
     assert recorder.seen == sorted(seqs + more)
     assert cursor_position() == more[-1]
+
+
+def test_prepare_runs_before_the_transaction_and_the_handler_gets_its_result(client, only_test_consumers):
+    from django.db import connection
+
+    seen: dict[str, object] = {}
+
+    def prepare(rows):
+        seen["prepare_depth"] = len(connection.atomic_blocks)
+        return [row.seq * 10 for row in rows]
+
+    def handler(work):
+        seen["handler_depth"] = len(connection.atomic_blocks)
+        seen["work"] = work
+
+    logtail.register(NAME, FACTS, handler, batch_size=5, prepare=prepare)
+    seqs = write_facts(client, 2)
+    assert logtail.run_batch(registered()) == 2
+    # The test itself runs in a transaction: the handler's is one level deeper, prepare's is not there.
+    assert seen["handler_depth"] == seen["prepare_depth"] + 1
+    assert seen["work"] == [s * 10 for s in seqs]
+    assert cursor_position() == seqs[-1]
+    logtail.unregister(NAME, FACTS)
 
 
 def test_run_consumers_drains_every_batch(client, recorder):
