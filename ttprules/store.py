@@ -11,7 +11,8 @@ Directory sync (``sync_directory``)
     When two files share a stem (``R1.yaml`` and ``R1.yml``), the first by sorted name is the rule
     and the other is reported as invalid and not stored. Files are read and parsed before the
     transaction; the database is changed in one transaction, which bumps the revision once if
-    anything changed (one bump per sync, however many rules changed). A missing rules directory is
+    anything changed (one bump per sync, however many rules changed) and writes one
+    ``ttp.rule.reloaded.<rule_id>`` event per rule created, updated or removed. A missing rules directory is
     an error, not an empty pack: an unmounted volume must not delete every rule.
 
 States (``set_state``, ``clear_state``, ``expire_states``)
@@ -243,6 +244,7 @@ def sync_directory(path: str | Path | None = None) -> SyncReport:
             revision = _locked_revision()
             report = _apply(directory, files, _stored_rules(), parses, fingerprint)
             report.revision = _bump(revision) if report.changed else revision.revision
+            _announce(report)
     else:
         # The every-minute case: every file is current, so _apply writes nothing and needs no lock.
         report = _apply(directory, files, stored, parses, fingerprint)
@@ -250,6 +252,25 @@ def sync_directory(path: str | Path | None = None) -> SyncReport:
     report.invalid += skipped
     report.invalid.sort(key=lambda item: item.file_name)
     return report
+
+
+def _announce(report: SyncReport) -> None:
+    """One ``ttp.rule.reloaded.<rule_id>`` event per rule created, changed or removed by a sync."""
+    rows = {row.rule_id: row for row in Rule.objects.filter(rule_id__in=report.created + report.updated)}
+    changes = [(rule_id, "created") for rule_id in report.created]
+    changes += [(rule_id, "updated") for rule_id in report.updated]
+    changes += [(rule_id, "removed") for rule_id in report.removed]
+    for rule_id, change in sorted(changes):
+        row = rows.get(rule_id)
+        payload = {
+            "rule_id": rule_id,
+            "change": change,
+            "rule_version": row.rule_version if row is not None else None,
+            "valid": row.valid if row is not None else None,
+            "errors": list(row.errors) if row is not None else [],
+            "revision": report.revision,
+        }
+        events.publish(settings.STIGMEM_DEFAULT_TENANT, events.ttp_rule_reloaded(rule_id), payload)
 
 
 def _stored_rules() -> dict[str, Rule]:

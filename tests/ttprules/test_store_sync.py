@@ -276,3 +276,60 @@ def test_a_sync_that_fails_midway_changes_nothing(rules: Path, monkeypatch):
     assert saves == ["R0001", "R0002"]
     assert list(Rule.objects.order_by("rule_id").values_list("rule_id", "content_sha256")) == before
     assert current_revision() == 1
+
+
+def reloaded_events() -> list[tuple[str, dict]]:
+    from stigmem.models import Event
+
+    rows = Event.objects.filter(topic__startswith="ttp.rule.reloaded.").order_by("seq")
+    return [(event.topic, event.payload) for event in rows]
+
+
+def test_each_created_updated_or_removed_rule_gets_one_reloaded_event(rules: Path):
+    assert len(reloaded_events()) == SHIPPED_COUNT  # the first sync created every rule
+    retitle(rules / "R0001.yaml", "edited")
+    (rules / "R0002.yaml").unlink()
+    (rules / "R0046.yaml").write_text(BROKEN.replace("R0002", "R0046"))
+    before = len(reloaded_events())
+
+    sync_directory(rules)
+
+    new = reloaded_events()[before:]
+    assert [topic for topic, _ in new] == [
+        "ttp.rule.reloaded.R0001",
+        "ttp.rule.reloaded.R0002",
+        "ttp.rule.reloaded.R0046",
+    ]
+    updated, removed, created = (payload for _, payload in new)
+    assert updated == {
+        "rule_id": "R0001",
+        "change": "updated",
+        "rule_version": rows()["R0001"].rule_version,
+        "valid": True,
+        "errors": [],
+        "revision": 2,
+    }
+    assert removed == {
+        "rule_id": "R0002",
+        "change": "removed",
+        "rule_version": None,
+        "valid": None,
+        "errors": [],
+        "revision": 2,
+    }
+    assert (created["change"], created["valid"], created["rule_version"]) == ("created", False, None)
+    assert created["errors"] and created["errors"][0].startswith("line ")
+
+
+def test_an_unchanged_sync_announces_nothing(rules: Path):
+    before = reloaded_events()
+    sync_directory(rules)
+    assert reloaded_events() == before
+
+
+def test_reloaded_events_go_to_the_operators_tenant(rules: Path, settings):
+    from stigmem.models import Event
+
+    assert set(Event.objects.filter(topic__startswith="ttp.rule.reloaded.").values_list("tenant", flat=True)) == {
+        settings.STIGMEM_DEFAULT_TENANT
+    }

@@ -20,42 +20,14 @@ from django.core.management.base import BaseCommand, CommandError
 from decay import service
 from decay.sweep import SweepBusy, run_sweep
 from stigmem.errors import ApiError, InputInvalid
+from stigmem.management.progress import ProgressBar, is_terminal
 
 EXIT_BAD_INPUT = 1
 EXIT_BUSY = 2
 EXIT_FAILED = 1
 ACTOR = "stigmem:cli:decay_sweep"
-BAR_WIDTH = 40
 MAX_TENANT_LENGTH = 64
 OPTION_NAMES = {"ttl_seconds": "--ttl-seconds", "min_confidence": "--min-confidence", "dry_run": "--dry-run"}
-
-
-class ProgressBar:
-    """A one-line bar redrawn in place with a carriage return."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.drawn = False
-
-    def __call__(self, fraction: float) -> None:
-        fraction = min(1.0, max(0.0, fraction))
-        filled = round(fraction * BAR_WIDTH)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction * 100:5.1f}%")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _is_terminal(stream) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except ValueError:  # a closed stream
-        return False
 
 
 class Command(BaseCommand):
@@ -87,7 +59,7 @@ class Command(BaseCommand):
             message = exc.detail.get("message") if isinstance(exc.detail, dict) else exc.detail
             raise CommandError(f"--scope: {message}", returncode=EXIT_BAD_INPUT) from None
 
-        bar = ProgressBar(self.stderr._out) if _is_terminal(self.stderr._out) else None
+        bar = ProgressBar(self.stderr._out) if is_terminal(self.stderr._out) else None
         started = time.monotonic()
         try:
             result = run_sweep(request, actor=ACTOR, progress=bar)

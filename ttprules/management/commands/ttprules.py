@@ -4,10 +4,13 @@
     ttprules validate FILE...        check rule files without storing anything
     ttprules list                    rules with validity, state, version and name
     ttprules state RULE_ID STATE [--confidence-max F] [--expires-in SECONDS] [--reason R]
+    ttprules backfill [--from-seq N] [--to-seq M] [--tenant T] [--rule RULE_ID ...]
+                                     evaluate facts already in the log with the current rules
 
 Exit codes: 0 done; 1 bad input, an invalid file given to ``validate``, or a missing rules directory.
 ``sync`` exits 0 when files are invalid: they are stored as invalid (and printed), the others load.
 ``state RULE_ID enabled`` clears the rule's state. States are node-wide, like the rules.
+``backfill`` is idempotent: it writes (and announces) only tags that are missing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from stigmem.management.operator import cli_operator
-from ttprules import store
+from stigmem.management.progress import ProgressBar, is_terminal
+from ttprules import engine, store
+from ttprules.backfill import BackfillReport, backfill
 from ttprules.models import Rule, RuleState
 
 EXIT_FAILED = 1
@@ -52,6 +57,14 @@ class Command(BaseCommand):
         state.add_argument("--confidence-max", type=float, help="clipped only: the most confidence a tag gets (0-1]")
         state.add_argument("--expires-in", type=int, metavar="SECONDS", help="revert to enabled after this long")
         state.add_argument("--reason", default="", help="why (kept in the history and the audit log)")
+
+        refill = commands.add_parser("backfill", help="evaluate facts already in the log with the current rules")
+        refill.add_argument("--from-seq", type=int, default=1, metavar="N", help="first fact seq (default 1)")
+        refill.add_argument("--to-seq", type=int, metavar="M", help="last fact seq (default: the newest)")
+        refill.add_argument("--tenant", help="only this tenant's facts")
+        refill.add_argument(
+            "--rule", dest="rule_ids", action="append", metavar="RULE_ID", help="only this rule (repeatable)"
+        )
 
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
@@ -127,6 +140,31 @@ class Command(BaseCommand):
         except store.RuleNotFound:
             raise CommandError(f"no rule {rule_id} (see `manage.py ttprules list`)", returncode=EXIT_FAILED) from None
         self.stdout.write(f"{row.rule_id}: {_describe(row)} (set by {row.set_by})")
+
+    def _backfill(
+        self, *, from_seq: int, to_seq: int | None, tenant: str | None, rule_ids: list[str] | None, **_
+    ) -> None:
+        if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
+            raise CommandError("need 1 <= --from-seq <= --to-seq", returncode=EXIT_FAILED)
+        if rule_ids:
+            active = {a.rule.rule_id for a in engine.current_index().rules}
+            if unknown := sorted(set(rule_ids) - active):
+                raise CommandError(
+                    f"not an active rule: {', '.join(unknown)} (see `manage.py ttprules list`)",
+                    returncode=EXIT_FAILED,
+                )
+        bar = ProgressBar(self.stderr._out) if is_terminal(self.stderr._out) else None
+
+        def progress(report: BackfillReport) -> None:
+            if bar is not None:
+                bar((report.position - report.first_seq + 1) / max(report.last_seq - report.first_seq + 1, 1))
+
+        try:
+            report = backfill(from_seq=from_seq, to_seq=to_seq, tenant=tenant, rule_ids=rule_ids, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.stdout.write(report.summary())
 
 
 def _listed(rule: Rule, state: RuleState | None) -> tuple[str, str, str, str, str]:
