@@ -19,7 +19,7 @@ from ttprules.apps import rules_directory_check
 from ttprules.models import RuleState
 from ttprules.store import current_revision, effective_state, set_state, sync_directory
 
-from .store_helpers import SHIPPED, SHIPPED_COUNT, copy_pack, snapshot, state_events
+from .store_helpers import SHIPPED, SHIPPED_COUNT, copy_pack, retitle, snapshot, state_events
 
 pytestmark = pytest.mark.django_db
 
@@ -230,3 +230,31 @@ def test_a_missing_rules_directory_is_a_system_check_warning(tmp_path: Path):
     with override_settings(STIGMEM_TTP_RULES_DIR=tmp_path / "nowhere"):
         [warning] = rules_directory_check()
     assert warning.id == "ttprules.W001" and str(tmp_path / "nowhere") in warning.msg
+
+
+def test_sync_refuses_a_non_positive_interval(rules: Path):
+    before = snapshot()
+    assert "--interval must be positive" in str(fails("sync", "--dir", str(rules), "--loop", "--interval", "0"))
+    assert snapshot() == before
+
+
+def test_sync_loop_runs_until_interrupted_and_reports_only_changes(rules: Path, monkeypatch):
+    # Two passes: the first prints its summary, the second (nothing changed) prints nothing, and the
+    # third sleep ends the loop the way an operator's Ctrl-C would.
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            retitle(rules / "R0001.yaml", "edited")
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("ttprules.management.commands.ttprules.time.sleep", sleep)
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        call_command("ttprules", "sync", "--dir", str(rules), "--loop", "--interval", "0.5", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert sleeps == [0.5, 0.5, 0.5]
+    assert lines[0].startswith("created=0 updated=0 unchanged=3")
+    assert lines[1:] == ["updated: R0001", lines[2]] and lines[2].startswith("created=0 updated=1")

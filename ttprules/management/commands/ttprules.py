@@ -1,6 +1,8 @@
 """``manage.py ttprules``: the operator's side of the rule store (WIRE.md §8).
 
-    ttprules sync [--dir D]          load the rules directory (default STIGMEM_TTP_RULES_DIR) now
+    ttprules sync [--dir D] [--loop [--interval S]]
+                                     load the rules directory (default STIGMEM_TTP_RULES_DIR) now,
+                                     or every S seconds until interrupted
     ttprules validate FILE...        check rule files without storing anything
     ttprules list                    rules with validity, state, version and name
     ttprules state RULE_ID STATE [--confidence-max F] [--expires-in SECONDS] [--reason R]
@@ -15,10 +17,12 @@ Exit codes: 0 done; 1 bad input, an invalid file given to ``validate``, or a mis
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 from django.utils import timezone
 
 from stigmem.management.operator import cli_operator
@@ -45,6 +49,8 @@ class Command(BaseCommand):
 
         sync = commands.add_parser("sync", help="load the rules directory into the database now")
         sync.add_argument("--dir", dest="directory", help="rules directory (default: STIGMEM_TTP_RULES_DIR)")
+        sync.add_argument("--loop", action="store_true", help="keep syncing every --interval seconds")
+        sync.add_argument("--interval", type=float, default=60.0, help="seconds between syncs with --loop")
 
         validate = commands.add_parser("validate", help="check rule files; nothing is stored")
         validate.add_argument("files", nargs="+", metavar="FILE")
@@ -69,11 +75,26 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
 
-    def _sync(self, *, directory: str | None, **_) -> None:
+    def _sync(self, *, directory: str | None, loop: bool, interval: float, **_) -> None:
+        if interval <= 0:
+            raise CommandError("--interval must be positive", returncode=EXIT_FAILED)
+        self._sync_once(directory, quiet=False)
+        while loop:
+            connections.close_all()  # don't hold a connection while idle
+            time.sleep(interval)
+            self._sync_once(directory, quiet=True)
+
+    def _sync_once(self, directory: str | None, *, quiet: bool) -> None:
+        """One sync; in a loop, an unchanged directory prints nothing and a missing one is reported, not fatal."""
         try:
             report = store.sync_directory(directory)
         except store.RulesDirectoryMissing as exc:
+            if quiet:
+                self.stderr.write(str(exc))
+                return
             raise CommandError(str(exc), returncode=EXIT_FAILED) from None
+        if quiet and not report.changed:
+            return
         for problem in report.invalid:
             for error in problem.errors:
                 self.stdout.write(f"{problem.file_name}: {error}")
