@@ -109,7 +109,8 @@ def test_facts_that_match_nothing_advance_the_cursor_and_write_nothing(client, r
     run_engine()
     assert engine_position() >= Fact.objects.get(id=fact["id"]).seq
     assert not Tag.objects.exists()
-    assert not Event.objects.filter(topic__startswith="ttp.").exists()
+    assert not Event.objects.filter(topic="ttp.tagged").exists()
+    assert not Event.objects.filter(topic__startswith="ttp.rule.fired.").exists()
     assert stats("R1") is None
 
 
