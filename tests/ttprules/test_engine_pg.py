@@ -96,7 +96,8 @@ def test_concurrent_consumers_and_backfills_write_each_tag_once(tmp_path):
 
     tags = list(Tag.objects.all())
     assert len(tags) == observations
-    assert {t.fact_id for t in tags} == set(Fact.objects.filter(relation="observed:command").values_list("id", flat=True))
+    observed = Fact.objects.filter(relation="observed:command").values_list("id", flat=True)
+    assert {t.fact_id for t in tags} == set(observed)
     tagged = Counter(e.payload["id"] for e in Event.objects.filter(topic="ttp.tagged"))
     fired = Counter(e.payload["id"] for e in Event.objects.filter(topic="ttp.rule.fired.T1059"))
     assert tagged == fired == Counter({str(t.id): 1 for t in tags})
