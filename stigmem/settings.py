@@ -321,6 +321,7 @@ SPECTACULAR_SETTINGS = {
         "ConflictStatusEnum": ["unresolved", "resolved"],
         "PeerStatusEnum": ["pending_verification", "pending_approval", "rejected", "active", "suspended", "revoked"],
         "PeerRegistrationStatusEnum": ["pending_approval", "rejected"],
+        "TtpRuleStateEnum": ["enabled", "disabled", "clipped", "shadow"],
     },
 }
 

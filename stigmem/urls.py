@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("subscriptions.urls")),
     path("", include("federation.urls")),
     path("", include("decay.urls")),
+    path("", include("ttprules.urls")),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

@@ -9,6 +9,9 @@ documented status code, the documented content type and a body that matches the 
 from __future__ import annotations
 
 import itertools
+import shutil
+import uuid
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -39,6 +42,8 @@ from stigmem.tombstones import create_tombstone
 from subscriptions.models import Delivery, Subscription
 from subscriptions.service import new_signing_secret
 from tests.conftest import ALL_PERMISSIONS
+from ttprules.models import RuleStats, Tag
+from ttprules.store import set_state, sync_directory
 
 MAX_EXAMPLES = 25
 FUZZER = "stigmem://test/agent/fuzzer"
@@ -174,6 +179,38 @@ def seed_decay() -> None:
     )
 
 
+SEED_RULES = ["R0001", "R0002", "BROKEN"]
+
+
+def seed_ttprules(shipped: Path, directory: Path) -> None:
+    """Two shipped rules and an invalid one, a state, counters and a tag, so the TTP routes reach their
+    success paths."""
+    directory.mkdir()
+    for rule_id in SEED_RULES[:2]:
+        shutil.copy(shipped / f"{rule_id}.yaml", directory)
+    (directory / "BROKEN.yaml").write_text("rule_id: BROKEN\n")
+    sync_directory(directory)
+    set_state("R0002", "clipped", confidence_max=0.5, reason="seed", set_by=FUZZER)
+    now = timezone.now()
+    RuleStats.objects.create(rule_id="R0001", matched=1, tags=1, last_matched_at=now)
+    fact = Fact.objects.filter(tenant="default", garden="").order_by("seq").first()
+    Tag.objects.create(
+        id=uuid.uuid4(),
+        tenant="default",
+        fact=fact,
+        entity=fact.entity,
+        rule_id="R0001",
+        rule_version=1,
+        tactic="TA0002",
+        technique_id="T1059",
+        sub_technique_id="T1059.004",
+        confidence=0.6,
+        evidence={"value.v": fact.value_v},
+        attack_version="18.1",
+        created_at=now,
+    )
+
+
 @pytest.fixture
 def in_process_requests():
     """Keep the test's database connection open across in-process requests.
@@ -189,7 +226,7 @@ def in_process_requests():
 
 
 @pytest.fixture
-def admin_key(db, settings, in_process_requests) -> str:
+def admin_key(db, settings, in_process_requests, tmp_path) -> str:
     # Thousands of requests from one key: the rate limiter must not answer 429 during the run.
     settings.STIGMEM_RATE_LIMIT_READ_PER_S = 1e9
     settings.STIGMEM_RATE_LIMIT_READ_BURST = 1e9
@@ -200,6 +237,7 @@ def admin_key(db, settings, in_process_requests) -> str:
     seed_tombstones()
     seed_subscriptions()
     seed_decay()
+    seed_ttprules(settings.STIGMEM_TTP_RULES_DIR, tmp_path / "rules")
     # Generated webhook hosts must not be looked up in real DNS.
     settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE = True
     # Federation on, so its endpoints are fuzzed past the "disabled" 404 (peer tokens then answer 401).
@@ -245,6 +283,8 @@ def existing_ids(name: str) -> list[str]:
         return [str(SEED_POLICY)]
     if name == "job_id":
         return [SEED_JOB]
+    if name == "rule_id":
+        return SEED_RULES
     if name == "key_id":
         others = ApiKey.objects.exclude(entity_uri=FUZZER).order_by("created_at")
         return [str(key_id) for key_id in others.values_list("id", flat=True)]

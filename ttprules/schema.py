@@ -103,7 +103,7 @@ def parse_rule(text: str, filename: str) -> RuleParse:
     # len(text) is a lower bound on the UTF-8 size: a huge text is refused without encoding it.
     if len(text) > MAX_RULE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_RULE_BYTES:
         return RuleParse(None, [RuleError(1, f"rule file exceeds {MAX_RULE_BYTES // 1024} KiB")])
-    root, problem = _compose(text)
+    root, problem = compose(text)
     if problem is not None:
         return RuleParse(None, [problem])
     if root is None:
@@ -124,7 +124,7 @@ class _RuleLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
-def _compose(text: str) -> tuple[Node | None, RuleError | None]:
+def compose(text: str) -> tuple[Node | None, RuleError | None]:
     try:
         loader = _RuleLoader(text)
     except yaml.reader.ReaderError as exc:  # raised while the reader scans for unprintable characters

