@@ -125,6 +125,7 @@ class _RuleLoader(yaml.SafeLoader):
 
 
 def compose(text: str) -> tuple[Node | None, RuleError | None]:
+    """The document's YAML node tree by the validator's loader (no aliases, bounded depth), or the error."""
     try:
         loader = _RuleLoader(text)
     except yaml.reader.ReaderError as exc:  # raised while the reader scans for unprintable characters
