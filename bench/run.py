@@ -19,6 +19,11 @@ Scenarios (targets from the performance issue; the load generator shares the mac
   decay   TTL sweep over 1,000,000 facts expiring half of them (bench/decay.py; not in the default set):
           manage.py decay_sweep on SQLite                            <= 5 s
           single asserts at 50/s during the sweep                    p95 <= 100 ms
+  ttp     the TTP rule engine in one process, no node (bench/ttp.py; not in the default set):
+          facts/s against the shipped pack, one core                 >= 20,000 facts/s
+          facts/s against 1,000 generated rules                      >= 2,000 facts/s
+          worst single evaluation, adversarial values                <= 50 ms
+          end to end: assert_facts, then the ttp consumer drained    (report)
 
 The node is ``manage.py runnode`` in a temporary STIGMEM_DATA_DIR on a free 127.0.0.1 port; with
 ``--database-url`` it uses a scratch PostgreSQL database created next to the given one and dropped
@@ -54,6 +59,7 @@ import delivery  # noqa: E402
 import loadgen  # noqa: E402
 import profiling  # noqa: E402
 import replication  # noqa: E402
+import ttp  # noqa: E402
 import wrkdriver  # noqa: E402
 from node import REPO, BenchNode  # noqa: E402
 from node import free_port as node_free_port  # noqa: E402
@@ -63,7 +69,7 @@ import decay  # noqa: E402
 
 RESULTS = BENCH / "results"
 SCENARIOS = ("batch", "single", "query")
-EXTRA_SCENARIOS = ("delivery", "federation", "decay")
+EXTRA_SCENARIOS = ("delivery", "federation", "decay", "ttp")
 TARGETS = {
     "batch": ("facts_per_s", ">=", 10_000),
     "single": ("facts_per_s", ">=", 600),
@@ -413,7 +419,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark a throwaway stigmem node.", formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help="comma list of: batch, single, query, delivery, federation, decay"
+        "--only",
+        default=",".join(SCENARIOS),
+        help="comma list of: batch, single, query, delivery, federation, decay, ttp",
     )
     parser.add_argument("--facts", type=int, default=1_000_000, help="facts seeded before the query scenario")
     parser.add_argument("--database-url", help="PostgreSQL server URL; a scratch database is created beside it")
@@ -449,6 +457,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decay-clients", type=int, default=4, help="decay: clients sending those asserts")
     parser.add_argument("--decay-baseline", type=float, default=10.0, help="decay: seconds of asserts before it")
     parser.add_argument("--decay-tail", type=float, default=3.0, help="decay: seconds of asserts after it")
+    parser.add_argument("--ttp-facts", type=int, default=100_000, help="ttp: in-memory facts against the pack")
+    parser.add_argument("--ttp-e2e-facts", type=int, default=20_000, help="ttp: facts written, then drained")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.only) - set(SCENARIOS) - set(EXTRA_SCENARIOS)
@@ -487,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                 database = "postgresql"
                 report["versions"]["postgresql"] = pg_version
                 report["scratch_database"] = db_name
-            if set(args.only) - {"federation"}:
+            if set(args.only) - {"federation", "ttp"}:
                 node = stack.enter_context(
                     BenchNode(
                         data_dir,
@@ -542,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 (data_dir / "source").mkdir()
                 (data_dir / "sink").mkdir()
                 report["federation"] = replication.run(args, data_dir, urls, stamp)
+            if "ttp" in args.only:
+                report["ttp"] = ttp.run_subprocess(args)
     finally:
         if not args.keep_data:
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -555,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         text = (text + "\n\n" if text else "") + decay.table(report["decay"])
     if "federation" in report:
         text = (text + "\n\n" if text else "") + replication.table(report["federation"])
+    if "ttp" in report:
+        text = (text + "\n\n" if text else "") + ttp.table(report["ttp"])
     print()
     print(text)
     label = f"-{args.label}" if args.label else ""

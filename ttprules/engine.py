@@ -45,7 +45,7 @@ from stigmem.normalize import normalize_uri
 from stigmem.records import garden_uris_of
 from stigmem.values import TypedValue
 from ttprules import attack, store
-from ttprules.compiler import CompiledRule, compile_text
+from ttprules.compiler import CompiledRule, LiteralScreen, compile_text, value_screen_text
 from ttprules.models import Rule, RuleState, RuleStats, Tag
 from ttprules.schema import Emit
 
@@ -74,6 +74,8 @@ FACT_COLUMNS = (
     "garden",
 )
 _RELATION_MEMO_LIMIT = 4096
+# From this length on, a fact's value is searched for all its rules' screen literals in one pass.
+_LONG_TEXT = 2048
 
 
 # --- the rule index ------------------------------------------------------------------------------
@@ -112,6 +114,8 @@ class RuleIndex:
                 else:
                     self._exact[pattern].append(active)
         self._memo: dict[str, tuple[ActiveRule, ...]] = {}
+        self._screened: dict[str, tuple[tuple[ActiveRule, tuple[str, ...] | None], ...]] = {}
+        self._literal_screens: dict[str, LiteralScreen] = {}
 
     def rules_for(self, relation: str) -> tuple[ActiveRule, ...]:
         found = self._memo.get(relation)
@@ -123,6 +127,28 @@ class RuleIndex:
                 self._memo.clear()
             self._memo[relation] = found
         return found
+
+    def screened_for(self, relation: str) -> tuple[tuple[ActiveRule, tuple[str, ...] | None], ...]:
+        """``rules_for``, each with its rule's screen (``CompiledRule.screen``)."""
+        found = self._screened.get(relation)
+        if found is None:
+            found = tuple((active, active.rule.screen) for active in self.rules_for(relation))
+            if len(self._screened) >= _RELATION_MEMO_LIMIT:
+                self._screened.clear()
+            self._screened[relation] = found
+        return found
+
+    def literals_in(self, relation: str, screen_text: str) -> frozenset[str] | str:
+        """What to look the screens of ``relation``'s rules up in: the set of their literals that
+        ``screen_text`` contains (found in one pass), or, when that is not known, the text itself."""
+        screen = self._literal_screens.get(relation)
+        if screen is None:
+            screen = LiteralScreen(lit for _, found in self.screened_for(relation) if found for lit in found)
+            if len(self._literal_screens) >= _RELATION_MEMO_LIMIT:
+                self._literal_screens.clear()
+            self._literal_screens[relation] = screen
+        present = screen.present(screen_text)
+        return screen_text if present is None else present
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -237,7 +263,20 @@ class Tally:
 def evaluate_fact(index: RuleIndex, fact: Fact, view: Mapping[str, Any], tally: Tally) -> list[Finding]:
     """Every tag the index's rules find in one fact (shadow rules' included, flagged by their rule)."""
     findings: list[Finding] = []
-    for active in index.rules_for(fact.relation):
+    # Most rules need a word in the value that this fact lacks: CompiledRule.may_match, inlined. For a
+    # long value the words are looked up in the set of those it contains (the same answer as ``in``).
+    haystack: str | frozenset[str] | None = value_screen_text(view)
+    if haystack is not None and len(haystack) >= _LONG_TEXT:
+        haystack = index.literals_in(fact.relation, haystack)
+    for active, screen in index.screened_for(fact.relation):
+        if screen is not None:
+            if haystack is None:
+                continue
+            for literal in screen:
+                if literal in haystack:
+                    break
+            else:
+                continue
         rule = active.rule
         try:
             if not rule.matches(view):
