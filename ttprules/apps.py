@@ -26,7 +26,7 @@ class TtprulesConfig(AppConfig):
             ConsumerCursor.Log.FACTS,
             engine.handle_batch,
             engine.BATCH_SIZE,
-            only=engine.FACT_COLUMNS,
+            only=engine.LOG_COLUMNS,
             prepare=engine.evaluate_batch,
         )
         checks.register(rules_directory_check)

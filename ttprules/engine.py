@@ -59,20 +59,11 @@ AUDIT_ACTOR = "ttprules"
 # The uuid5 namespace of tag ids; fixed forever, or re-evaluation would mint new ids.
 TAG_NAMESPACE = uuid.UUID("6f1d7a56-3c1e-5b0a-9d8e-2f4b7c9e1a30")
 RULE_SOURCE = re.compile(r"^stigmem://[^/]+/rule/", re.IGNORECASE)
-# The columns evaluation reads: a batch never loads lifecycle or provenance columns.
-FACT_COLUMNS = (
-    "id",
-    "seq",
-    "tenant",
-    "entity",
-    "relation",
-    "value_type",
-    "value_v",
-    "source",
-    "confidence",
-    "scope",
-    "garden",
-)
+# What the consumer reads of every fact in the log: enough to tell whether a rule will look at it.
+# The rest (a value can be 64 KiB) is loaded only for the facts some rule applies to.
+LOG_COLUMNS = ("id", "seq", "tenant", "relation", "source", "confidence")
+# The columns evaluation and tag writing read.
+FACT_COLUMNS = (*LOG_COLUMNS, "entity", "value_type", "value_v", "scope", "garden")
 _RELATION_MEMO_LIMIT = 4096
 # From this length on, a fact's value is searched for all its rules' screen literals in one pass.
 _LONG_TEXT = 2048
@@ -314,7 +305,7 @@ def evaluate_batch(rows: Sequence[Fact], index: RuleIndex | None = None) -> Eval
     tally = Tally()
     findings: list[Finding] = []
     started = time.perf_counter()
-    candidates = [f for f in rows if is_evaluated(f) and index.rules_for(f.relation)]
+    candidates = _loaded([f for f in rows if is_evaluated(f) and index.rules_for(f.relation)])
     uris = garden_uris_of(candidates) if any(f.garden for f in candidates) else {}
     for fact in candidates:
         findings.extend(evaluate_fact(index, fact, fact_view(fact, uris), tally))
@@ -322,6 +313,14 @@ def evaluate_batch(rows: Sequence[Fact], index: RuleIndex | None = None) -> Eval
     metrics.TTP_FACTS_EVALUATED.inc(len(candidates))
     metrics.TTP_EVALUATION_SECONDS.inc(time.perf_counter() - started)
     return EvaluatedBatch(rows, findings, tally, index.attack_version)
+
+
+def _loaded(facts: list[Fact]) -> list[Fact]:
+    """The facts with every column of FACT_COLUMNS, in one query if the log's rows lack some."""
+    if not facts or not any(f.get_deferred_fields() for f in facts):
+        return facts
+    full = Fact.objects.only(*FACT_COLUMNS).in_bulk([f.id for f in facts])
+    return [full[f.id] for f in facts]
 
 
 # --- writing -------------------------------------------------------------------------------------

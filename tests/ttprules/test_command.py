@@ -251,6 +251,8 @@ def test_sync_loop_runs_until_interrupted_and_reports_only_changes(rules: Path, 
             raise KeyboardInterrupt
 
     monkeypatch.setattr("ttprules.management.commands.ttprules.time.sleep", sleep)
+    # The loop lets its connection go while idle; the test's transaction must keep it.
+    monkeypatch.setattr("ttprules.management.commands.ttprules.connections.close_all", lambda: None)
     out = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
         call_command("ttprules", "sync", "--dir", str(rules), "--loop", "--interval", "0.5", stdout=out)

@@ -302,3 +302,32 @@ def test_the_index_follows_the_revision(client, rules):
     second = engine.current_index()
     assert second is not first
     assert [a.rule.rule_id for a in second.rules] == ["R1"]
+
+
+def test_facts_no_rule_applies_to_are_read_without_their_values(client, rules):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from stigmem import logtail
+
+    observe(client, "x" * 1000, relation="memory:note")
+    consumer = next(c for c in logtail.consumers() if c.name == engine.CONSUMER)
+    with CaptureQueriesContext(connection) as queries:
+        assert logtail.run_batch(consumer) == 1
+    fact_reads = [q["sql"] for q in queries.captured_queries if 'FROM "stigmem_fact"' in q["sql"]]
+    assert fact_reads and not any("value_v" in sql for sql in fact_reads)
+
+
+def test_facts_a_rule_applies_to_are_loaded_whole_in_one_query(client, rules):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(3):
+        observe(client, f"{SHELL} #{n}")
+    observe(client, "x", relation="memory:note")
+    rows = list(Fact.objects.only(*engine.LOG_COLUMNS).order_by("seq"))  # as the consumer reads the log
+    with CaptureQueriesContext(connection) as queries:
+        batch = engine.evaluate_batch(rows)
+    value_reads = [q for q in queries.captured_queries if "value_v" in q["sql"]]
+    assert len(value_reads) == 1
+    assert len(batch.findings) == 3 and {f.fact.value_v for f in batch.findings} == {f"{SHELL} #{n}" for n in range(3)}
