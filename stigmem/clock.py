@@ -129,6 +129,27 @@ def writers_waiting() -> bool:
     return writers_queued is not None and writers_queued()
 
 
+@contextmanager
+def background_writes() -> Iterator[None]:
+    """Writes that bulk work need not make room for (a log consumer's batch, a kick's enqueue).
+
+    On SQLite such a writer waits for the writer lock without joining the queue a decay sweep
+    watches, so the sweep does not end a chunk early for it; it gets the lock between chunks.
+    Without this, the dispatch of a sweep's own ``fact.expired`` events cut most of its chunks
+    short (docs/PERFORMANCE.md). On PostgreSQL only writers blocked on the node clock count as
+    waiting; a consumer's batch takes the clock only to write facts or events.
+    """
+    if not hasattr(connection, "joins_writer_queue"):
+        yield
+        return
+    previous = connection.joins_writer_queue
+    connection.joins_writer_queue = False
+    try:
+        yield
+    finally:
+        connection.joins_writer_queue = previous
+
+
 def let_waiting_writers_go(max_wait_s: float) -> None:
     """Between two transactions of bulk work: wait until the writers queued meanwhile had their turn.
 

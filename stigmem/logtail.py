@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, connections, transaction
 
+from stigmem.clock import background_writes
 from stigmem.models import ConsumerCursor, Event, Fact
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def run_batch(consumer: Consumer) -> int:
     if not rows:
         return 0
     work = consumer.prepare(rows) if consumer.prepare is not None else rows
-    with transaction.atomic():
+    with background_writes(), transaction.atomic():
         cursor = _claim_cursor(consumer)
         # Another worker handled (part of) this batch meanwhile: it is not ours to hand over again.
         if cursor is None or cursor.position != (position or 0):
@@ -166,7 +167,8 @@ class _KickThrottle:
 
     def _fire(self) -> None:
         try:
-            (self._enqueue or _enqueue)()
+            with background_writes():  # with the ORM broker the enqueue is a write; nobody waits for it
+                (self._enqueue or _enqueue)()
         finally:
             # This thread is about to end; don't leave its database connection behind.
             connections.close_all()

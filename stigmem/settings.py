@@ -96,6 +96,9 @@ STIGMEM_WEB_THREADS = int(env_number("STIGMEM_WEB_THREADS", 1))
 STIGMEM_Q_WORKERS = int(env_number("STIGMEM_Q_WORKERS", 2))
 # CPU priority (nice) runnode gives the qcluster: background work yields the CPU to requests.
 STIGMEM_Q_NICE = int(env_number("STIGMEM_Q_NICE", 5))
+# Set by runnode for the qcluster it starts: every write of this process is background work, which
+# bulk work (a decay sweep) does not end its chunks early for (stigmem.clock.background_writes).
+STIGMEM_BACKGROUND_PROCESS = env_bool("STIGMEM_BACKGROUND_PROCESS", False)
 STIGMEM_REDIS_URL = env_str("STIGMEM_REDIS_URL")
 # The node's Ed25519 signing key (raw 32-byte seed, base64url); generated and stored when unset.
 STIGMEM_NODE_SIGNING_KEY = env_str("STIGMEM_NODE_SIGNING_KEY")

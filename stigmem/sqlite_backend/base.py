@@ -33,6 +33,7 @@ import os
 import threading
 import time
 
+from django.conf import settings
 from django.db.backends.sqlite3 import base
 from django.db.backends.sqlite3.base import Database
 
@@ -96,6 +97,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
     _queue_fd: int | None = None
     _writer_locked = False
     checkpoints_elsewhere = False
+    # False while the connection does background writes (``stigmem.clock.background_writes``), and
+    # always in a background process (the qcluster): it waits for the writer lock without joining
+    # the queue that bulk work makes room for.
+    joins_writer_queue = not settings.STIGMEM_BACKGROUND_PROCESS
 
     def _writer_lock_path(self) -> str | None:
         if self.is_in_memory_db():
@@ -114,11 +119,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
         path = self._writer_lock_path()
         if path is not None:
             self._open_lock_files(path)
-            fcntl.flock(self._queue_fd, fcntl.LOCK_SH)
+            queued = self.joins_writer_queue
+            if queued:
+                fcntl.flock(self._queue_fd, fcntl.LOCK_SH)
             try:
                 fcntl.flock(self._writer_fd, fcntl.LOCK_EX)
             finally:
-                fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+                if queued:
+                    fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
             self._writer_locked = True
         try:
             super()._start_transaction_under_autocommit()

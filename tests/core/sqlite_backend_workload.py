@@ -134,10 +134,42 @@ def check_commits_checkpoint_off_the_lock() -> None:
     assert seen == 10, seen
 
 
+def check_background_writers_are_not_queued() -> None:
+    from django.db import connection
+
+    from stigmem.clock import background_writes
+
+    release, held, got_lock = threading.Event(), threading.Event(), {}
+    holder = in_thread(lambda: _hold_lock(release, held))
+    assert held.wait(10)
+
+    def background_writer() -> None:
+        from django.db import connection
+
+        with background_writes():
+            _write(1)
+        got_lock["at"] = time.monotonic()
+        got_lock["queues_again"] = connection.joins_writer_queue  # outside the block
+
+    writer = in_thread(background_writer)
+    time.sleep(0.3)  # the writer is now blocked on the writer lock, but not queued
+    assert "at" not in got_lock
+    assert not connection.writers_queued()
+    started = time.monotonic()
+    connection.yield_to_queued_writers(5.0)
+    assert time.monotonic() - started < 1.0  # nobody to make room for
+    release.set()
+    writer.join(10)
+    holder.join(10)
+    assert "at" in got_lock  # it got the lock once the holder let go
+    assert got_lock["queues_again"] is True
+
+
 CHECKS = {
     "yield": check_yield_waits_for_queued_writers,
     "yield-bounded": check_yield_is_bounded,
     "checkpoint": check_commits_checkpoint_off_the_lock,
+    "background": check_background_writers_are_not_queued,
 }
 
 

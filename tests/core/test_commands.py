@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from io import StringIO
+from pathlib import Path
 
 from django.core.management import call_command
 from django.utils import timezone
@@ -135,6 +136,13 @@ def test_runnode_end_to_end(tmp_path):
         # Background work runs at a lower CPU priority than the web server (STIGMEM_Q_NICE).
         niceness = {("qcluster" if "qcluster" in p["cmd"] else "web"): p["nice"] for p in first.children()}
         assert niceness["qcluster"] == min(19, niceness["web"] + 5), niceness
+        # ... and its writes are background writes: a decay sweep does not end chunks early for them.
+        background = {
+            ("qcluster" if "qcluster" in p["cmd"] else "web"): b"STIGMEM_BACKGROUND_PROCESS=true"
+            in Path(f"/proc/{p['pid']}/environ").read_bytes().split(b"\0")
+            for p in first.children()
+        }
+        assert background == {"qcluster": True, "web": False}, background
         assert len(first.groups) == 3
         assert len(live_in_groups(first.groups - {first.proc.pid})) >= 3  # gunicorn master + worker(s), qcluster
 

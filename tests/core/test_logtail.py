@@ -158,6 +158,20 @@ def test_prepare_runs_before_the_transaction_and_the_handler_gets_its_result(cli
     logtail.unregister(NAME, FACTS)
 
 
+def test_a_batch_is_a_background_write(client, only_test_consumers):
+    # On SQLite a consumer's batch does not join the writer queue a decay sweep makes room for.
+    from django.db import connection
+
+    seen = []
+    logtail.register(NAME, FACTS, lambda rows: seen.append(getattr(connection, "joins_writer_queue", None)))
+    write_facts(client, 1)
+    assert logtail.run_batch(registered()) == 1
+    expected = False if connection.vendor == "sqlite" else None
+    assert seen == [expected]
+    assert getattr(connection, "joins_writer_queue", None) is (True if connection.vendor == "sqlite" else None)
+    logtail.unregister(NAME, FACTS)
+
+
 def test_run_consumers_drains_every_batch(client, recorder):
     seqs = write_facts(client, 10)
     assert logtail.run_consumers() == 10

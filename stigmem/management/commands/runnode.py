@@ -52,7 +52,7 @@ class Command(BaseCommand):
             nice = max(0, min(19, settings.STIGMEM_Q_NICE))
             children["qcluster"] = subprocess.Popen(
                 [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"],
-                env=env,
+                env={**env, "STIGMEM_BACKGROUND_PROCESS": "true"},
                 start_new_session=True,
                 preexec_fn=(lambda: os.nice(nice)) if nice else None,
             )
