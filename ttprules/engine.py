@@ -352,8 +352,13 @@ def write_tags(batch: EvaluatedBatch) -> list[Tag]:
                 by_tenant[item[1].fact.tenant].append(item)
             now = timezone.now()
             for tenant, items in by_tenant.items():
+                # An entity shows many techniques: a tag fact never disputes another one.
                 outcomes = assert_facts(
-                    tenant, [_tag_fact_input(f) for _, f in items], origin=Origin.RULE, actor=AUDIT_ACTOR
+                    tenant,
+                    [_tag_fact_input(f) for _, f in items],
+                    origin=Origin.RULE,
+                    record_conflicts=False,
+                    actor=AUDIT_ACTOR,
                 )
                 tags = [
                     _tag(tid, finding, outcome.fact, batch.attack_version, now)

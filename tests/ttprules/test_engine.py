@@ -331,3 +331,18 @@ def test_facts_a_rule_applies_to_are_loaded_whole_in_one_query(client, rules):
     value_reads = [q for q in queries.captured_queries if "value_v" in q["sql"]]
     assert len(value_reads) == 1
     assert len(batch.findings) == 3 and {f.fact.value_v for f in batch.findings} == {f"{SHELL} #{n}" for n in range(3)}
+
+
+def test_tags_of_several_techniques_on_one_entity_raise_no_conflict(client, rules):
+    from stigmem.models import Conflict
+
+    observe(client, SHELL)
+    observe(client, "evil.example", relation="observed:dns_query")
+    run_engine()
+    assert sorted(Fact.objects.filter(relation="ttp:technique").values_list("value_v", flat=True)) == [
+        "T1059.004",
+        "T1071.004",
+    ]
+    assert not Conflict.objects.exists()
+    assert not Event.objects.filter(topic="conflict.detected").exists()
+    assert not Fact.objects.filter(relation="ttp:technique", contradicted=True).exists()
