@@ -113,13 +113,6 @@ class ValidateInputSerializer(serializers.Serializer):
     )
 
 
-class SampleTagSerializer(serializers.Serializer):
-    tactic = serializers.CharField()
-    technique_id = serializers.CharField()
-    sub_technique_id = serializers.CharField(allow_null=True)
-    confidence = serializers.FloatField()
-
-
 class SampleResultSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     applies = serializers.BooleanField(
@@ -127,7 +120,7 @@ class SampleResultSerializer(serializers.Serializer):
         "neither a retraction nor sourced from a rule"
     )
     matched = serializers.BooleanField()
-    tags = SampleTagSerializer(many=True, help_text="the tags it would emit (under the confidence floor: dropped)")
+    tags = EmitSerializer(many=True, help_text="the tags it would emit (under the confidence floor: dropped)")
     evidence = serializers.DictField(allow_null=True, help_text="null when not matched")
 
 

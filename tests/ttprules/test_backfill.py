@@ -89,6 +89,8 @@ def test_only_the_given_tenant(make_client, old_facts, tmp_path):
         (("--from-seq", "0"), "need 1 <= --from-seq <= --to-seq"),
         (("--from-seq", "5", "--to-seq", "4"), "need 1 <= --from-seq <= --to-seq"),
         (("--rule", "NOPE"), "not an active rule: NOPE"),
+        (("--to-seq", str(2**63)), "--from-seq and --to-seq must be at most 9223372036854775807"),
+        (("--from-seq", str(2**64), "--to-seq", str(2**64)), "--from-seq and --to-seq must be at most"),
     ],
 )
 def test_bad_options_exit_1_and_write_nothing(old_facts, tmp_path, args, message):

@@ -32,6 +32,7 @@ from ttprules.backfill import BackfillReport, backfill
 from ttprules.models import Rule, RuleState
 
 EXIT_FAILED = 1
+MAX_SEQ = 2**63 - 1  # Fact.seq is a BigIntegerField
 # StateInvalid names the store's fields; the operator typed these.
 OPTION_NAMES = {
     "state": "STATE",
@@ -167,6 +168,8 @@ class Command(BaseCommand):
     ) -> None:
         if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
             raise CommandError("need 1 <= --from-seq <= --to-seq", returncode=EXIT_FAILED)
+        if max(from_seq, to_seq or 0) > MAX_SEQ:  # beyond the seq column: the database would refuse it
+            raise CommandError(f"--from-seq and --to-seq must be at most {MAX_SEQ}", returncode=EXIT_FAILED)
         if rule_ids:
             active = {a.rule.rule_id for a in engine.current_index().rules}
             if unknown := sorted(set(rule_ids) - active):
