@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +11,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from decay.policies import clear_cache as clear_policy_cache
+from stigmem import logtail
 from stigmem.audit import auth_failures
 from stigmem.keys import issue_key
 from stigmem.ratelimit import buckets
@@ -58,6 +60,24 @@ def _fresh_process_caches():
     yield
     for clear in (clear_tombstone_cache, clear_signing_key_cache, clear_policy_cache, clear_rule_index):
         clear()
+
+
+@pytest.fixture(autouse=True)
+def _kicks_write_nothing(monkeypatch):
+    """After-commit kicks enqueue from threads of their own, a trailing one up to KICK_WINDOW_S late.
+    Nothing runs that queue in tests, and a late enqueue wrote into the next test's database while
+    it was being set up. Tests of the kick itself put ``logtail._enqueue`` back."""
+    monkeypatch.setattr(logtail, "_enqueue", lambda: None)
+    yield
+    throttle = logtail._throttle
+    with throttle._lock:
+        trailing, throttle._trailing = throttle._trailing, None
+    if trailing is not None:
+        trailing.cancel()
+        trailing.join(5)
+    for thread in threading.enumerate():
+        if thread.name == "logtail-kick":
+            thread.join(5)
 
 
 @pytest.fixture

@@ -292,8 +292,13 @@ def fresh_kicks(monkeypatch):
     monkeypatch.setattr(logtail, "_throttle", logtail._KickThrottle())
 
 
+# The module's own enqueue, read at import: tests/conftest.py replaces it with a no-op in every test.
+REAL_ENQUEUE = logtail._enqueue
+
+
 @pytest.fixture
 def enqueued(monkeypatch, fresh_kicks):
+    monkeypatch.setattr(logtail, "_enqueue", REAL_ENQUEUE)
     recorder = EnqueueRecorder()
     monkeypatch.setattr(django_q.tasks, "async_task", recorder)
     # A window long enough that a burst of commits certainly falls inside it.
@@ -366,7 +371,7 @@ def test_no_kick_for_a_rolled_back_write(recorder, enqueued, django_capture_on_c
 def test_the_kick_lands_in_the_orm_queue(db):
     # What the kick's thread runs (called here, in the test's transaction, to see its row).
     before = OrmQ.objects.count()
-    logtail._enqueue()
+    REAL_ENQUEUE()
     queued = list(OrmQ.objects.all())
     assert len(queued) == before + 1
     task = queued[-1].task
@@ -377,6 +382,7 @@ def test_the_kick_lands_in_the_orm_queue(db):
 def test_a_broker_failure_never_fails_the_write(
     client, recorder, fresh_kicks, monkeypatch, django_capture_on_commit_callbacks
 ):
+    monkeypatch.setattr(logtail, "_enqueue", REAL_ENQUEUE)
     attempts = []
 
     def broken(*args, **kwargs):
