@@ -387,6 +387,13 @@ def _record_chunk(request: SweepRequest, lease, lo: int, hi: int, expired: int, 
     )
     # The clock is held, so these seqs are consecutive: the SELECT numbers its rows after the first.
     first = lease.reserve_event_seqs(expired)
+    if expired == hi - lo:
+        # Every seq of the step expired (an old stretch of the log under a TTL): the facts' seqs
+        # number the events densely already, without a window over the rows (a third of the
+        # INSERT's time on SQLite).
+        numbering = _Sql("%s + f.seq", [first - lo - 1])
+    else:
+        numbering = _Sql("%s + ROW_NUMBER() OVER (ORDER BY f.seq) - 1", [first])
     payload = _json_payload(reason)
     # SQLite checks the payload column's JSON_VALID constraint by parsing every payload again
     # (a fifth of the INSERT's time); json_object() cannot make invalid JSON, so the check is
@@ -398,9 +405,8 @@ def _record_chunk(request: SweepRequest, lease, lo: int, hi: int, expired: int, 
         try:
             cursor.execute(
                 f"INSERT INTO {_EVENT} (seq, tenant, topic, payload, created_at) "
-                f"SELECT %s + ROW_NUMBER() OVER (ORDER BY f.seq) - 1, f.tenant, %s, {payload.text}, %s "
-                f"FROM {_FACT} f WHERE {mine.text}",
-                [first, FACT_EXPIRED, *payload.params, marker[0], *mine.params],
+                f"SELECT {numbering.text}, f.tenant, %s, {payload.text}, %s FROM {_FACT} f WHERE {mine.text}",
+                [*numbering.params, FACT_EXPIRED, *payload.params, marker[0], *mine.params],
             )
         finally:
             if skip_check:
@@ -506,9 +512,10 @@ def facts_in_scope(tenant: str, scope: str | None) -> int:
 
 
 def _bounds(tenant: str) -> tuple[int, int]:
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT MIN(seq), MAX(seq) FROM {_FACT} WHERE tenant = %s", [tenant])
-        low, high = cursor.fetchone()
+    # Two statements: SQLite reads a lone MIN or MAX off the index's end, but scans the whole
+    # tenant's range for both at once (0.1 s over 1M facts).
+    low = _scalar(f"SELECT MIN(seq) FROM {_FACT} WHERE tenant = %s", [tenant])
+    high = _scalar(f"SELECT MAX(seq) FROM {_FACT} WHERE tenant = %s", [tenant])
     return (low or 0), (high or 0)
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 from prometheus_client import Counter
 
@@ -70,8 +70,17 @@ DISPATCHED = Counter(
 def register() -> None:
     """Tail both logs (called from SubscriptionsConfig.ready())."""
     logtail.register(CONSUMER, ConsumerCursor.Log.FACTS, dispatch_facts, BATCH_SIZE)
-    # Most node events concern no topic subscription: their payloads are read only for those that do.
-    logtail.register(CONSUMER, ConsumerCursor.Log.EVENTS, dispatch_events, BATCH_SIZE, only=EVENT_COLUMNS)
+    # Most node events concern no topic subscription: their payloads are read only for those that do,
+    # and the events of tenants without one are not read at all.
+    logtail.register(
+        CONSUMER, ConsumerCursor.Log.EVENTS, dispatch_events, BATCH_SIZE, only=EVENT_COLUMNS, wanted=_topic_tenants
+    )
+
+
+def _topic_tenants() -> Q:
+    """Events of tenants with a receiving topic subscription: only those can match one."""
+    subscribed = Subscription.objects.filter(target_kind=Subscription.Kind.TOPICS, status__in=RECEIVING)
+    return Q(tenant__in=subscribed.values("tenant"))
 
 
 def dispatch_facts(rows: Sequence[Fact]) -> None:

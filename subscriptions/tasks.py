@@ -29,7 +29,8 @@ def _enqueue() -> None:
     from django_q.tasks import async_task  # needs the app registry
 
     try:
-        async_task(DELIVER_TASK, group="subscriptions", sync=settings.Q_CLUSTER.get("sync", False))
+        # No result row for a kick that succeeded, as for the log consumers' kick (stigmem.logtail).
+        async_task(DELIVER_TASK, group="subscriptions", save=False, sync=settings.Q_CLUSTER.get("sync", False))
     except Exception:  # a broker outage must not fail the write; the per-minute sweep delivers
         logger.exception("could not enqueue delivery; the scheduled sweep will deliver")
 

@@ -8,7 +8,11 @@ import threading
 import django_q.tasks
 import pytest
 from django.db import transaction
-from django_q.models import OrmQ
+from django.db.models import Q
+from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.models import OrmQ, Task
+from django_q.monitor import save_task
 
 from stigmem import events, logtail
 from stigmem.models import ConsumerCursor, Event, Fact
@@ -69,7 +73,13 @@ def only_test_consumers():
         logtail.unregister(consumer.name, consumer.log)
     for consumer in saved:
         logtail.register(
-            consumer.name, consumer.log, consumer.handler, consumer.batch_size, consumer.only, consumer.prepare
+            consumer.name,
+            consumer.log,
+            consumer.handler,
+            consumer.batch_size,
+            consumer.only,
+            consumer.prepare,
+            consumer.wanted,
         )
 
 
@@ -266,6 +276,44 @@ def test_events_log_consumer(only_test_consumers, client):
         logtail.unregister(NAME, EVENTS)
 
 
+def test_a_consumer_is_handed_only_the_rows_it_wants_and_passes_the_others(only_test_consumers, client):
+    handler = Recorder()
+    wanted_topic = [events.TTP_TAGGED]
+    logtail.register(NAME, EVENTS, handler, batch_size=2, wanted=lambda: Q(topic__in=wanted_topic))
+    try:
+        topics = [events.FACT_EXPIRED, events.TTP_TAGGED, events.FACT_EXPIRED, events.TTP_TAGGED, events.TTP_TAGGED]
+        published = [events.publish("default", topic, {"n": n}).seq for n, topic in enumerate(topics)]
+        trailing = [events.publish("default", events.FACT_EXPIRED, {"n": n}).seq for n in range(3)]
+        consumer = registered(NAME, EVENTS)
+
+        assert logtail.run_batch(consumer) == 2  # a full batch of wanted rows: the cursor stops at its last
+        assert cursor_position(NAME, EVENTS) == published[3]
+        assert logtail.run_batch(consumer) == 1  # the last wanted row, then past the unwanted tail
+        assert cursor_position(NAME, EVENTS) == trailing[-1]
+        assert handler.batches == [[published[1], published[3]], [published[4]]]
+        assert logtail.run_batch(consumer) == 0  # caught up: nothing written
+
+        # The filter is asked again for every batch: rows it wants now are handed over.
+        wanted_topic.append(events.FACT_EXPIRED)
+        later = events.publish("default", events.FACT_EXPIRED, {"n": 9}).seq
+        assert logtail.run_batch(consumer) == 1
+        assert handler.batches[-1] == [later]
+    finally:
+        logtail.unregister(NAME, EVENTS)
+
+
+def test_a_consumer_wanting_nothing_moves_its_cursor_to_the_log_end_without_its_handler(only_test_consumers, client):
+    handler = Recorder()
+    logtail.register(NAME, FACTS, handler, batch_size=2, wanted=lambda: Q(pk__in=[]))
+    try:
+        seqs = write_facts(client, 5)
+        assert logtail.run_batch(registered()) == 0
+        assert cursor_position() == seqs[-1]
+        assert handler.batches == []
+    finally:
+        logtail.unregister(NAME, FACTS)
+
+
 # --- the on-commit kick -------------------------------------------------------------------------
 
 
@@ -377,6 +425,17 @@ def test_the_kick_lands_in_the_orm_queue(db):
     task = queued[-1].task
     assert task["func"] == logtail.KICK_TASK
     assert task["group"] == "logtail"
+    assert task["save"] is False  # a successful kick leaves no result row
+
+
+def test_a_successful_kick_leaves_no_result_row_and_a_failed_one_does(db):
+    REAL_ENQUEUE()
+    task = OrmQ.objects.order_by("-id").first().task
+    ran = {"started": timezone.now(), "stopped": timezone.now()}
+    save_task({**task, **ran, "success": True, "result": 0}, get_broker())
+    assert not Task.objects.filter(id=task["id"]).exists()
+    save_task({**task, **ran, "success": False, "result": "boom"}, get_broker())
+    assert Task.objects.get(id=task["id"]).success is False
 
 
 def test_a_broker_failure_never_fails_the_write(

@@ -284,6 +284,26 @@ def test_reason_is_ttl_when_both_rules_match():
 
 
 @override_settings(STIGMEM_DECAY_CHUNK=3)
+def test_events_are_numbered_densely_in_fact_order_in_whole_and_partial_steps():
+    # Steps of 3 seqs: (0,3] and (3,6] expire whole; (6,9] keeps a new fact; (9,12] expires whole;
+    # (12,15] holds another tenant's fact.
+    old = write(ago(DAY), *[body(f"a{i}") for i in range(6)])
+    write(ago(60), body("fresh"))
+    old += write(ago(DAY), *[body(f"b{i}") for i in range(5)])
+    write(ago(DAY), body("theirs"), tenant="other")
+    old += write(ago(DAY), *[body(f"c{i}") for i in range(2)])
+    before = list(Event.objects.values_list("seq", flat=True))
+
+    assert sweep_at(T0, SweepRequest(tenant="default", ttl_seconds=HOUR)).decayed == len(old) == 13
+    rows = list(Event.objects.filter(topic="fact.expired").order_by("seq").values_list("seq", "payload"))
+    seqs = [seq for seq, _ in rows]
+    first = max(before, default=0) + 1
+    assert seqs == list(range(first, first + 13))
+    assert [payload["fact_id"] for _, payload in rows] == [str(f.id) for f in sorted(old, key=lambda f: f.seq)]
+    assert not Fact.objects.filter(tenant="other", expired_at__isnull=False).exists()
+
+
+@override_settings(STIGMEM_DECAY_CHUNK=3)
 def test_chunks_report_progress_and_save_job_position():
     write(ago(DAY), *[body(f"e{i}") for i in range(10)])
     job = Job.objects.create(tenant="default", kind="decay")

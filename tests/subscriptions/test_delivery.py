@@ -673,6 +673,7 @@ def test_kick_enqueues_the_delivery_task_on_commit_coalesced(db, monkeypatch, dj
     assert len(calls) == 1
     assert calls[0][0] == (tasks.DELIVER_TASK,)
     assert calls[0][1]["group"] == "subscriptions"
+    assert calls[0][1]["save"] is False  # a successful kick leaves no result row
 
 
 def test_prune_deletes_delivered_rows_older_than_the_replay_window(sub, now, settings):

@@ -387,6 +387,24 @@ def test_nothing_to_dispatch_still_advances_the_cursors():
     assert Event.objects.count() == 1
 
 
+def test_events_of_tenants_without_a_receiving_topic_subscription_are_passed_over_unread():
+    subscribe(Subscription.Kind.ENTITY, ENTITY)  # a fact subscription: no event can match it
+    topics(">", tenant="other", status=Subscription.Status.DISABLED)  # disabled: receives nothing
+    published = [events.publish("default", events.FACT_EXPIRED, {"n": n}) for n in range(3 * dispatch.BATCH_SIZE)]
+    consumer = next(c for c in logtail.consumers() if c.name == dispatch.CONSUMER and c.log == "events")
+
+    # One batch passes the whole backlog (three batches' worth), handing no row to the handler.
+    assert logtail.run_batch(consumer) == 0
+    assert cursor(ConsumerCursor.Log.EVENTS) == published[-1].seq
+    assert Delivery.objects.count() == 0
+
+    # A tenant's events are read again once it has a topic subscription.
+    everything = topics(">")
+    later = events.publish("default", events.FACT_EXPIRED, {"n": "later"})
+    run()
+    assert [row[-1] for row in delivered(everything)] == [later.seq]
+
+
 def test_a_subscription_deleted_before_dispatch_gets_nothing():
     gone = topics(">")
     gone_id = gone.id
