@@ -69,12 +69,17 @@ DISPATCHED = Counter(
 
 def register() -> None:
     """Tail both logs (called from SubscriptionsConfig.ready())."""
-    logtail.register(CONSUMER, ConsumerCursor.Log.FACTS, dispatch_facts, BATCH_SIZE)
+    logtail.register(CONSUMER, ConsumerCursor.Log.FACTS, dispatch_facts, BATCH_SIZE, wanted=_subscribed_tenants)
     # Most node events concern no topic subscription: their payloads are read only for those that do,
     # and the events of tenants without one are not read at all.
     logtail.register(
         CONSUMER, ConsumerCursor.Log.EVENTS, dispatch_events, BATCH_SIZE, only=EVENT_COLUMNS, wanted=_topic_tenants
     )
+
+
+def _subscribed_tenants() -> Q:
+    """Facts of tenants with a receiving subscription of any kind: only those can match one."""
+    return Q(tenant__in=Subscription.objects.filter(status__in=RECEIVING).values("tenant"))
 
 
 def _topic_tenants() -> Q:

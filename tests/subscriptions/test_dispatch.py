@@ -405,6 +405,22 @@ def test_events_of_tenants_without_a_receiving_topic_subscription_are_passed_ove
     assert [row[-1] for row in delivered(everything)] == [later.seq]
 
 
+def test_facts_of_tenants_without_a_receiving_subscription_are_passed_over_unread():
+    subscribe(Subscription.Kind.SCOPE, "local", tenant="other")  # another tenant's
+    subscribe(Subscription.Kind.SCOPE, "local", status=Subscription.Status.DISABLED)
+    facts = write(*[fact_input(n) for n in range(2 * dispatch.BATCH_SIZE + 1)])
+    consumer = next(c for c in logtail.consumers() if c.name == dispatch.CONSUMER and c.log == "facts")
+
+    assert logtail.run_batch(consumer) == 0  # one pass over three batches' worth
+    assert cursor(ConsumerCursor.Log.FACTS) == facts[-1].seq
+    assert Delivery.objects.count() == 0
+
+    local = subscribe(Subscription.Kind.SCOPE, "local")
+    (later,) = write(fact_input(-1))
+    run()
+    assert [row[2] for row in delivered(local)] == [later.id]
+
+
 def test_a_subscription_deleted_before_dispatch_gets_nothing():
     gone = topics(">")
     gone_id = gone.id
