@@ -24,9 +24,11 @@ dropped); disabled ones get none. A fact in a garden is dispatched only to subsc
 members of that garden now; everything else about visibility (membership changes, tombstones,
 revoked keys, the sanitizer) is checked again by the delivery engine when it sends, failing closed.
 
-Cost: scope/entity/garden matching is one query per target kind per tenant in the batch on the
-``subscription_match`` index; topic matching walks a per-process ``PatternIndex`` trie, rebuilt
-only when the tenant's set of topic subscriptions changes.
+Cost: the rows of tenants with no receiving subscription (for events: no topic subscription)
+are passed over without being read (logtail's ``wanted``). Scope/entity/garden matching is one
+query per target kind per tenant in the batch on the ``subscription_match`` index; topic
+matching walks a per-process ``PatternIndex`` trie, rebuilt only when the tenant's set of topic
+subscriptions changes.
 """
 
 from __future__ import annotations
