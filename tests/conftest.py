@@ -1,4 +1,4 @@
-"""Shared fixtures: API clients holding keys with chosen permissions and tenants."""
+"""Shared fixtures: API clients holding keys with chosen permissions and tenants, and an admin console login."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import threading
 from collections.abc import Callable
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test import Client
 from rest_framework.test import APIClient
 
 from decay.policies import clear_cache as clear_policy_cache
@@ -113,6 +115,14 @@ def admin_client(make_client) -> APIClient:
 @pytest.fixture
 def anon() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def browser(db) -> Client:
+    """A browser logged in to the admin console as the superuser ``root``."""
+    client = Client()
+    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
+    return client
 
 
 @pytest.fixture

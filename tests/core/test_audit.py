@@ -7,11 +7,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.db import transaction
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from django_q.models import Schedule
@@ -543,14 +541,6 @@ class TestRetention:
 
 
 # --- admin --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser(db) -> Client:
-    user = get_user_model().objects.create_superuser("root", email="", password="a-long-test-password")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def admin_url(page: str, *args) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.urls import reverse
 
 from stigmem.auth import Caller
@@ -15,13 +13,6 @@ from stigmem.node import node_authority
 ALICE = "stigmem://test/agent/alice"
 BOB = "stigmem://test/agent/bob"
 ACTOR = "admin:root"
-
-
-@pytest.fixture
-def browser(db) -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
-    return client
 
 
 @pytest.fixture

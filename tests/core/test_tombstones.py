@@ -19,10 +19,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.contrib.admin.utils import quote as admin_quote
-from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
 from django.db import connection
-from django.test import Client
 from django.urls import reverse
 
 from stigmem import signing, tombstones
@@ -679,14 +677,6 @@ def test_concurrent_creates_store_one_tombstone_on_postgres():
 
 
 # --- admin ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser(db) -> Client:
-    user = get_user_model().objects.create_superuser("root", email="", password="a-long-test-password")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def admin_url(model, page: str, *args) -> str:

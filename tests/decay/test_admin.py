@@ -19,13 +19,6 @@ POLICY_ADD = "admin:decay_decaypolicy_add"
 JOBS = "admin:stigmem_job_changelist"
 
 
-@pytest.fixture
-def browser(db) -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
-    return client
-
-
 def policy_url(policy: DecayPolicy, page: str = "change") -> str:
     return reverse(f"admin:decay_decaypolicy_{page}", args=[policy.pk])
 

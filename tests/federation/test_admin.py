@@ -32,13 +32,6 @@ REMOTE = "http://127.0.0.1:8765"
 
 
 @pytest.fixture
-def browser(db) -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
-    return client
-
-
-@pytest.fixture
 def pending(db) -> Peer:
     peer, _ = make_remote_peer(status=Peer.Status.PENDING_APPROVAL)
     return peer

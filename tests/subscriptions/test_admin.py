@@ -7,9 +7,7 @@ from datetime import timedelta
 
 import pytest
 import responses
-from django.contrib.auth import get_user_model
 from django.contrib.messages import get_messages
-from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -25,14 +23,6 @@ SUBSCRIPTIONS = "admin:subscriptions_subscription_changelist"
 @pytest.fixture(autouse=True)
 def _engine_settings(settings):
     settings.STIGMEM_WEBHOOK_ALLOW_PRIVATE = True
-
-
-@pytest.fixture
-def browser(db) -> Client:
-    user = get_user_model().objects.create_superuser("root", email="", password="a-long-test-password")
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

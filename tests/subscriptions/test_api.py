@@ -9,7 +9,6 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
@@ -624,13 +623,6 @@ def test_concurrent_duplicate_creates_make_one_row(with_key):
 
 
 # --- admin console -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def browser(db) -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
-    return client
 
 
 def admin_action(browser: Client, action: str, subscription: Subscription):

@@ -34,13 +34,6 @@ BROKEN = "rule_id: BAD\nrule_version: 0\nname: broken\nsurprise: yes\n"
 
 
 @pytest.fixture
-def browser(db) -> Client:
-    client = Client()
-    client.force_login(get_user_model().objects.create_superuser("root", email="", password="a-long-test-password"))
-    return client
-
-
-@pytest.fixture
 def rules_dir(tmp_path, db, settings) -> Path:
     directory = tmp_path / "rules"
     write_rule(directory, REVERSE_SHELL, "R1")
